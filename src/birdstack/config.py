@@ -1,0 +1,458 @@
+"""Configuration as frozen dataclasses.
+
+Every stage of the pipeline receives a small, immutable value object. A whole
+experiment is one :class:`Config`; it can be written to / read from YAML and
+overridden with dotted ``key=value`` strings (``optim.lr=0.01``)::
+
+    >>> cfg = Config.from_dict({"data": {"path": "data/birds-demo"}})
+    >>> cfg = cfg.override(["optim.name=adam", "trainer.epochs=3"])
+    >>> cfg.optim.name, cfg.trainer.epochs
+    ('adam', 3)
+
+The preprocessing part (:class:`AudioConfig`, :class:`SpectrogramConfig`,
+:class:`EncodingConfig`) is what a checkpoint carries so that training and
+inference cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or impossible."""
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How audio is decoded: always mixed to mono and resampled (soxr) to ``sample_rate``."""
+
+    sample_rate: int = 32000
+
+    def __post_init__(self) -> None:
+        if self.sample_rate < 1000:
+            raise ConfigError(f"audio.sample_rate={self.sample_rate} is too low (use >= 1000 Hz)")
+
+
+@dataclass(frozen=True)
+class SpectrogramConfig:
+    """Log-mel spectrogram settings (librosa conventions: Slaney mel scale and norm).
+
+    Features are cached as ``10*log10(max(amin, mel_power))`` (dB, reference 1.0);
+    each model input is then normalised on its own: its maximum becomes 0 dB,
+    values below ``-top_db`` are clipped, and the result is mapped to ``[0, 1]``.
+    """
+
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    fmin: float = 50.0
+    fmax: float = 14000.0
+    power: float = 2.0
+    top_db: float = 80.0
+    amin: float = 1e-10
+
+    def __post_init__(self) -> None:
+        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
+            raise ConfigError("spectrogram.n_fft, hop_length and n_mels must be positive")
+        if not 0 <= self.fmin < self.fmax:
+            raise ConfigError(
+                f"spectrogram.fmin={self.fmin} must be below spectrogram.fmax={self.fmax}"
+            )
+        if self.top_db <= 0:
+            raise ConfigError("spectrogram.top_db must be positive")
+
+    def frames_per_second(self, sample_rate: int) -> float:
+        """Spectrogram frames per second of audio."""
+        return sample_rate / self.hop_length
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """How a recording's spectrogram becomes model inputs.
+
+    ``stacked`` (the study's): the spectrogram is trimmed from both ends to
+    ``target_frames`` (``None``: computed from the training data as the mean frame
+    count per class, averaged over classes, times ``trim_factor``), cut along time
+    into ``channels`` equal segments, stacked as channels: ``[channels, n_mels,
+    target_frames // channels]``. Recordings shorter than the target are dropped
+    (``short="drop"``) or padded (``short="pad"``).
+
+    ``segments`` (the usual BirdCLEF baseline): windows of ``window_s`` seconds every
+    ``hop_s`` seconds, each a 1-channel sample ``[1, n_mels, window_frames]``. A final
+    partial window is kept (padded) when it holds at least ``min_last_window`` of a
+    window, or when it is the recording's only window.
+    """
+
+    kind: Literal["stacked", "segments"] = "stacked"
+    channels: int = 10
+    trim_factor: float = 0.8
+    target_frames: int | None = None
+    short: Literal["drop", "pad"] = "drop"
+    window_s: float = 5.0
+    hop_s: float = 5.0
+    min_last_window: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("stacked", "segments"):
+            raise ConfigError(f"encoding.kind={self.kind!r}: use 'stacked' or 'segments'")
+        if self.short not in ("drop", "pad"):
+            raise ConfigError(f"encoding.short={self.short!r}: use 'drop' or 'pad'")
+        if self.channels < 1:
+            raise ConfigError(f"encoding.channels={self.channels} must be >= 1")
+        if not 0 < self.trim_factor <= 1:
+            raise ConfigError(f"encoding.trim_factor={self.trim_factor} must be in (0, 1]")
+        if self.target_frames is not None and self.target_frames < self.channels:
+            raise ConfigError(
+                f"encoding.channels={self.channels} is more than encoding.target_frames="
+                f"{self.target_frames}: each channel needs at least one frame; lower "
+                "--channels or raise the target"
+            )
+        if self.window_s <= 0 or self.hop_s <= 0:
+            raise ConfigError("encoding.window_s and encoding.hop_s must be positive")
+        if not 0 < self.min_last_window <= 1:
+            raise ConfigError("encoding.min_last_window must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything between a waveform and a model input; saved inside every checkpoint."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+
+    def window_frames(self) -> int:
+        """Frames in one ``segments`` window."""
+        fps = self.spectrogram.frames_per_second(self.audio.sample_rate)
+        return max(1, int(round(self.encoding.window_s * fps)))
+
+    def hop_frames(self) -> int:
+        """Frames between the starts of two ``segments`` windows."""
+        fps = self.spectrogram.frames_per_second(self.audio.sample_rate)
+        return max(1, int(round(self.encoding.hop_s * fps)))
+
+    def input_frames(self) -> int:
+        """Frames of spectrogram consumed by one model input."""
+        if self.encoding.kind == "segments":
+            return self.window_frames()
+        if self.encoding.target_frames is None:
+            raise ConfigError("encoding.target_frames is not resolved yet (run prepare first)")
+        return self.encoding.target_frames
+
+    def input_seconds(self) -> float:
+        """Seconds of audio covered by one model input."""
+        return (
+            self.input_frames()
+            * self.spectrogram.hop_length
+            / self.audio.sample_rate
+        )
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, n_mels, frames)`` of one model input."""
+        n_mels = self.spectrogram.n_mels
+        if self.encoding.kind == "segments":
+            return (1, n_mels, self.window_frames())
+        frames = self.input_frames()
+        return (self.encoding.channels, n_mels, frames // self.encoding.channels)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which recordings are used and how they are split.
+
+    Defaults are the study's: the 6 species with most recordings, recordings whose
+    secondary labels name a kept species dropped, classes balanced by capping each
+    at the smallest class count. Splits are stratified by species and grouped by
+    recording session (author + date when known).
+    """
+
+    path: str = "data/birds-demo"
+    top_k: int | None = 6
+    species: tuple[str, ...] | None = None
+    min_recordings: int = 1
+    drop_secondary: bool = True
+    balance: bool = True
+    n_folds: int = 5
+    val_fold: int = 0
+    single_session: Literal["split", "drop", "error"] = "split"
+    seed: int = 0
+    cache_dir: str | None = None
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"data.top_k={self.top_k} must be >= 1")
+        if self.n_folds < 2:
+            raise ConfigError(f"data.n_folds={self.n_folds} must be >= 2")
+        if not 0 <= self.val_fold < self.n_folds:
+            raise ConfigError(
+                f"data.val_fold={self.val_fold} must be in [0, {self.n_folds - 1}]"
+            )
+        if self.single_session not in ("split", "drop", "error"):
+            raise ConfigError(
+                f"data.single_session={self.single_session!r}: use 'split', 'drop' or 'error'"
+            )
+
+
+# --------------------------------------------------------------------------- model / optim
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build (see ``birdstack.models.list_models()``)."""
+
+    name: str = "mobilenet_compact"
+    pretrained: bool = False
+    weights: str | None = None
+    adapt: Literal["mean", "mean_scaled", "copy_random"] = "mean"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer by name with the study's settings (momentum 0.9 for rmsprop and sgd)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine"] = "none"
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be positive")
+        if self.scheduler not in ("none", "cosine"):
+            raise ConfigError(f"optim.scheduler={self.scheduler!r}: use 'none' or 'cosine'")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Lightning Trainer settings."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    early_stopping_patience: int | None = None
+    num_workers: int = 0
+    deterministic: bool = True
+    progress: bool = True
+    limit_train_batches: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"trainer.epochs={self.epochs} must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"trainer.batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: data, preprocessing, model, optimizer, trainer and output folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    out_dir: str = "runs/default"
+
+    # ---- (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Config:
+        """Build from nested dicts; unknown keys are an error."""
+        return from_dict(cls, data or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dicts (YAML/JSON/checkpoint friendly)."""
+        return to_dict(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
+        """Read a YAML file (safe loader); ``base:`` names a file it extends."""
+        cfg = cls.from_dict(load_yaml_with_base(Path(path)))
+        return cfg.override(overrides or [])
+
+    def override(self, overrides: list[str] | dict[str, Any]) -> Config:
+        """Apply ``key.sub=value`` strings (values parsed as YAML) or a dotted dict."""
+        return apply_overrides(self, overrides)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> nested dict of plain values (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{where}={value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Nested dict -> dataclass ``cls``; unknown keys raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown option(s) {', '.join(prefix + u for u in sorted(unknown))}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML mapping with the safe loader, with a clear error naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge, ``upd`` winning."""
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml_with_base(path: Path) -> dict[str, Any]:
+    """Load a config YAML; a top-level ``base: other.yaml`` (relative to the file) is merged under it."""
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        data = deep_merge(load_yaml_with_base((path.parent / base).resolve()), data)
+    return data
+
+
+def dotted_to_nested(overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """``["a.b=1"]`` or ``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (string values parsed as YAML)."""
+    items: list[tuple[str, Any]] = []
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        for o in overrides:
+            if "=" not in o:
+                raise ConfigError(f"override {o!r} must look like key.sub=value")
+            k, v = o.split("=", 1)
+            try:
+                parsed = yaml.safe_load(v) if v != "" else None
+            except yaml.YAMLError:
+                parsed = v
+            items.append((k.strip(), parsed))
+    nested: dict[str, Any] = {}
+    for key, value in items:
+        parts = key.split(".")
+        d = nested
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override")
+        d[parts[-1]] = value
+    return nested
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | dict[str, Any]) -> Any:
+    """Return a copy of dataclass ``cfg`` with dotted overrides applied."""
+    if not overrides:
+        return cfg
+    merged = deep_merge(to_dict(cfg), dotted_to_nested(overrides))
+    return from_dict(type(cfg), merged)
