@@ -84,15 +84,12 @@ def select_recordings(meta: pd.DataFrame, n: int = PER_SPECIES, n_short: int = 2
         chosen: list[int] = []
         sessions: set[str] = set()
 
-        def take(idx: int) -> None:
-            chosen.append(idx)
-            sessions.add(good.at[idx, "_session"])
-
         for idx in good.index[good["duration_s"] < MAX_SECONDS]:
             if len(chosen) >= n_short:
                 break
             if good.at[idx, "_session"] not in sessions:
-                take(idx)
+                chosen.append(idx)
+                sessions.add(good.at[idx, "_session"])
         for new_session_only in (True, False):
             for idx in good.index:
                 if len(chosen) >= n:
@@ -101,7 +98,8 @@ def select_recordings(meta: pd.DataFrame, n: int = PER_SPECIES, n_short: int = 2
                     continue
                 if new_session_only and good.at[idx, "_session"] in sessions:
                     continue
-                take(idx)
+                chosen.append(idx)
+                sessions.add(good.at[idx, "_session"])
         picked.append(good.loc[chosen].sort_values("_xc"))
     out = pd.concat(picked).drop(columns=["_other", "_xc", "_session"])
     return out.reset_index(drop=True)
@@ -154,7 +152,7 @@ def attribution_md(rows: pd.DataFrame, src_attribution: str) -> str:
         "the data for research, teaching and testing only (no commercial use), keep this",
         "attribution when redistributing, and share derived audio under the same licence.",
         "The files were cut and re-encoded as described below (an excerpt and a format",
-        "change; nothing else was edited). Recordings under \"NoDerivatives\" licences were",
+        'change; nothing else was edited). Recordings under "NoDerivatives" licences were',
         "left out of this set on purpose, since an excerpt is an adaptation.",
         "",
         sources.rstrip(),
@@ -175,9 +173,8 @@ def attribution_md(rows: pd.DataFrame, src_attribution: str) -> str:
             )
         else:
             done = f"kept whole ({r.duration_s:g} s), re-encoded OGG Vorbis"
-        lines.append(
-            f"| train_audio/{r.filename} | {r.xc_id} | {r.url} | {r.author} | {r.license} | {done} |"
-        )
+        cells = [f"train_audio/{r.filename}", r.xc_id, r.url, r.author, r.license, done]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
