@@ -22,8 +22,8 @@ Usage::
 
     python scripts/make_demo_data.py --src /path/to/birds-dev --out data/birds-demo
 
-Vorbis output is not byte-identical between runs (libsndfile gives each Ogg stream a
-random serial number), but the selection, the cut and the metadata are.
+The OGG files are not byte-identical between runs (libsndfile gives each Ogg stream a
+random serial number), but the selection, the metadata and the decoded audio are.
 """
 
 from __future__ import annotations
