@@ -45,7 +45,7 @@ SPECIES = (
     "vireo_latimeri",
     "gymnasio_nudipes",
     "coereba_flaveola",
-    "todus_mexicanus",
+    "margarops_fuscatus",
 )
 PER_SPECIES = 8
 MAX_SECONDS = 30.0

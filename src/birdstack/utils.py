@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 LOGGER_NAME = "birdstack"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def get_logger(name: str = "") -> logging.Logger:
@@ -84,6 +86,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
