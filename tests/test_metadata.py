@@ -44,7 +44,7 @@ def test_demo_folder(demo_dir: Path) -> None:
             "vireo_latimeri",
             "gymnasio_nudipes",
             "coereba_flaveola",
-            "todus_mexicanus",
+            "margarops_fuscatus",
         )
     }
     assert list(df.columns[:8]) == [
