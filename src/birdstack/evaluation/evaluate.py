@@ -1,0 +1,346 @@
+"""Evaluate a checkpoint on labelled recordings, through the checkpoint's own preprocessing.
+
+    >>> res = evaluate_checkpoint("runs/demo/checkpoints/best.ckpt", "data/birds-demo",
+    ...                           manifest="runs/demo/data/manifest.csv", split="val",
+    ...                           out_dir="runs/demo/eval")                # doctest: +SKIP
+    >>> res.recording.accuracy, res.recording.f1_macro                      # doctest: +SKIP
+
+Any data :func:`birdstack.data.metadata.load_metadata` reads (BirdCLEF-style or one
+folder per species) can be scored. Spectrograms come from the
+:class:`~birdstack.features.cache.FeatureCache` with the checkpoint's audio and
+spectrogram settings, and every recording is scored with
+:meth:`birdstack.inference.predictor.Predictor.recording_probs` (the documented
+recording-level rule; for a ``stacked`` model a recording longer than its input is
+covered by several half-overlapping inputs whose probabilities are averaged, so the
+figures can differ slightly from the training log's centre-trimmed ``val/acc``).
+
+Recordings whose primary label is not one of the checkpoint's classes are left out
+(their count is printed and saved). With ``manifest`` (a run's ``data/manifest.csv``)
+only the recordings listed there are used, and with ``split`` only the kept rows of
+that split (``train`` / ``val``), e.g. exactly the validation recordings of a run.
+
+Outputs in ``out_dir``: ``metrics.json`` (every figure), ``per_class.csv``,
+``confusion.csv`` and ``confusion.png``, ``predictions.csv`` (file, true, predicted,
+confidence and one ``p_<class>`` column per class). ``segments`` models also get
+window-level figures (each window scored alone against its recording's label):
+``metrics.json["window"]``, ``confusion_windows.csv`` / ``.png``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from birdstack.evaluation.metrics import ClassificationMetrics, classification_metrics
+from birdstack.utils import BadInputError, atomic_write_json, atomic_write_text, get_logger
+
+log = get_logger("evaluate")
+
+
+@dataclass
+class EvalResult:
+    """Figures and predictions of one evaluation."""
+
+    checkpoint: Path
+    classes: list[str]
+    encoding: str
+    recording: ClassificationMetrics
+    window: ClassificationMetrics | None
+    predictions: pd.DataFrame
+    excluded: dict[str, int]
+    out_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything ``metrics.json`` holds."""
+        return {
+            "checkpoint": str(self.checkpoint),
+            "classes": self.classes,
+            "encoding": self.encoding,
+            "n_recordings": self.recording.n,
+            "excluded": self.excluded,
+            "recording": self.recording.to_dict(),
+            "window": self.window.to_dict() if self.window is not None else None,
+        }
+
+    def markdown(self, link_prefix: str = "") -> str:
+        """A report section: headline figures, per-class table and confusion matrix."""
+        r = self.recording
+        lines = [
+            f"Evaluated `{self.checkpoint}` on {r.n} recording(s): accuracy **{r.accuracy:.3f}**, "
+            f"macro-F1 **{r.f1_macro:.3f}**, log loss {r.log_loss:.3f} (recording level).",
+        ]
+        if self.window is not None:
+            w = self.window
+            lines.append(
+                f"Window level ({w.n} windows, each scored alone): accuracy {w.accuracy:.3f}, "
+                f"macro-F1 {w.f1_macro:.3f}, log loss {w.log_loss:.3f}."
+            )
+        if any(self.excluded.values()):
+            lines.append(
+                "Left out: "
+                + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in self.excluded.items() if n)
+                + "."
+            )
+        lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for _, c in r.per_class.iterrows():
+            lines.append(
+                f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
+                f"{int(c['support'])} |"
+            )
+        lines.append("")
+        if "confusion_png" in self.files:
+            lines.append(f"![confusion matrix]({link_prefix}{self.files['confusion_png'].name})")
+            lines.append("")
+        if "metrics_json" in self.files:
+            lines.append(
+                f"Files: [metrics.json]({link_prefix}metrics.json), "
+                f"[predictions.csv]({link_prefix}predictions.csv), "
+                f"[confusion.csv]({link_prefix}confusion.csv)."
+            )
+            lines.append("")
+        return "\n".join(lines)
+
+
+def select_recordings(
+    data: str | os.PathLike[str],
+    classes: list[str],
+    manifest: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows of the data's metadata to score and the counts of those left out.
+
+    ``manifest``: only its recordings (matched by ``rec_id``); ``split``: only its kept
+    rows with that ``split`` value. Missing files and labels that are not among
+    ``classes`` are left out and counted.
+    """
+    from birdstack.data.metadata import load_metadata
+
+    meta = load_metadata(data)
+    excluded = {"missing_file": 0, "label_not_in_checkpoint": 0, "unreadable_audio": 0}
+    if manifest is not None:
+        mpath = Path(manifest)
+        if not mpath.is_file():
+            raise BadInputError(mpath, "manifest file not found")
+        man = pd.read_csv(mpath, dtype={"rec_id": str, "split": str})
+        if "rec_id" not in man:
+            raise BadInputError(mpath, "not a birdstack manifest (no 'rec_id' column)")
+        if split is not None:
+            if "split" not in man:
+                raise BadInputError(mpath, "no 'split' column to select --split from")
+            keep = man["split"] == split
+            if "dropped" in man:
+                keep &= ~man["dropped"].astype(str).str.lower().isin(("true", "1"))
+            man = man[keep]
+            if man.empty:
+                splits = sorted(set(pd.read_csv(mpath)["split"].astype(str)))
+                raise BadInputError(mpath, f"no kept rows with split {split!r} (found {splits})")
+        wanted = set(man["rec_id"])
+        unknown = wanted - set(meta["rec_id"])
+        if unknown:
+            raise BadInputError(
+                mpath,
+                f"{len(unknown)} recording(s) of the manifest are not in {data} "
+                f"(e.g. {sorted(unknown)[0]!r}); pass the --data folder the run was trained on",
+            )
+        meta = meta[meta["rec_id"].isin(wanted)]
+    elif split is not None:
+        raise BadInputError(str(data), "--split needs --manifest (the run's data/manifest.csv)")
+    missing = ~meta["exists"].astype(bool)
+    excluded["missing_file"] = int(missing.sum())
+    meta = meta[~missing]
+    foreign = ~meta["primary_label"].isin(classes)
+    excluded["label_not_in_checkpoint"] = int(foreign.sum())
+    meta = meta[~foreign]
+    return meta.reset_index(drop=True), excluded
+
+
+def evaluate_checkpoint(
+    ckpt: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> EvalResult:
+    """Score every selected recording of ``data`` and compute all figures (see module doc).
+
+    ``cache_dir``: feature cache folder (default: the one ``prepare`` uses).
+    """
+    from birdstack.data.prepare import default_cache_dir
+    from birdstack.features.cache import FeatureCache
+    from birdstack.inference.predictor import Predictor
+
+    console = console or Console()
+    ckpt = Path(ckpt)
+    pred = Predictor.from_checkpoint(ckpt)
+    classes = list(pred.classes)
+    pre = pred.preprocessing
+    rows, excluded = select_recordings(data, classes, manifest, split)
+    if excluded["label_not_in_checkpoint"]:
+        console.print(
+            f"{excluded['label_not_in_checkpoint']} recording(s) left out: primary label not "
+            "among the checkpoint's classes"
+        )
+    if excluded["missing_file"]:
+        console.print(f"{excluded['missing_file']} recording(s) left out: audio file not found")
+    if rows.empty:
+        raise BadInputError(str(data), "no recordings of the checkpoint's classes to evaluate")
+
+    cache = FeatureCache(
+        Path(cache_dir) if cache_dir else default_cache_dir(), pre.audio, pre.spectrogram
+    )
+    paths = [Path(p) for p in rows["path"]]
+    entries = cache.compute_many(paths, progress=progress)
+    label_idx = {c: i for i, c in enumerate(classes)}
+    enc = pre.encoding
+    rec_probs: list[np.ndarray] = []
+    kept: list[int] = []
+    win_probs: list[np.ndarray] = []
+    win_labels: list[int] = []
+    for i, p in enumerate(paths):
+        entry = entries[p]
+        if entry.error is not None:
+            log.warning("skipped %s: %s", p, entry.error)
+            excluded["unreadable_audio"] += 1
+            continue
+        db = np.load(entry.cache_file)
+        rec_probs.append(pred.recording_probs(db))
+        kept.append(i)
+        if enc.kind == "segments":
+            _, _, wp = pred.window_probs(db, window_s=enc.window_s, hop_s=enc.hop_s)
+            win_probs.append(wp)
+            win_labels += [label_idx[rows.loc[i, "primary_label"]]] * len(wp)
+    if not kept:
+        raise BadInputError(str(data), "none of the selected recordings could be decoded")
+    rows = rows.loc[kept].reset_index(drop=True)
+    probs = np.stack(rec_probs)
+    y = rows["primary_label"].map(label_idx).to_numpy()
+    recording = classification_metrics(y, probs, classes)
+    window = (
+        classification_metrics(np.asarray(win_labels), np.concatenate(win_probs), classes)
+        if win_probs
+        else None
+    )
+    top = probs.argmax(axis=1)
+    predictions = pd.DataFrame(
+        {
+            "file": rows["path"].astype(str),
+            "rec_id": rows["rec_id"].astype(str),
+            "true": rows["primary_label"].astype(str),
+            "predicted": [classes[j] for j in top],
+            "confidence": probs.max(axis=1),
+            "correct": top == y,
+        }
+    )
+    for j, c in enumerate(classes):
+        predictions[f"p_{c}"] = probs[:, j]
+    result = EvalResult(
+        checkpoint=ckpt,
+        classes=classes,
+        encoding=enc.kind,
+        recording=recording,
+        window=window,
+        predictions=predictions,
+        excluded=excluded,
+    )
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir), data=data, manifest=manifest, split=split)
+    print_result(result, console)
+    return result
+
+
+def write_outputs(
+    result: EvalResult,
+    out_dir: Path,
+    data: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+) -> None:
+    """metrics.json, per_class.csv, confusion CSV/PNG, predictions.csv (atomically)."""
+    from birdstack.evaluation.plots import plot_confusion
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.out_dir = out_dir
+    files = {
+        "metrics_json": out_dir / "metrics.json",
+        "predictions_csv": out_dir / "predictions.csv",
+        "per_class_csv": out_dir / "per_class.csv",
+        "confusion_csv": out_dir / "confusion.csv",
+        "confusion_png": out_dir / "confusion.png",
+    }
+    r = result.recording
+    atomic_write_text(files["predictions_csv"], result.predictions.to_csv(index=False))
+    atomic_write_text(files["per_class_csv"], r.per_class.to_csv(index=False))
+    atomic_write_text(files["confusion_csv"], r.confusion_frame().to_csv())
+    plot_confusion(
+        r.confusion,
+        result.classes,
+        files["confusion_png"],
+        title=f"recordings (n={r.n}): accuracy {r.accuracy:.3f}, macro-F1 {r.f1_macro:.3f}",
+    )
+    if result.window is not None:
+        w = result.window
+        files["confusion_windows_csv"] = out_dir / "confusion_windows.csv"
+        files["confusion_windows_png"] = out_dir / "confusion_windows.png"
+        atomic_write_text(files["confusion_windows_csv"], w.confusion_frame().to_csv())
+        plot_confusion(
+            w.confusion,
+            result.classes,
+            files["confusion_windows_png"],
+            title=f"windows (n={w.n}): accuracy {w.accuracy:.3f}, macro-F1 {w.f1_macro:.3f}",
+        )
+    payload = {
+        **result.to_dict(),
+        "data": str(data) if data is not None else None,
+        "manifest": str(manifest) if manifest is not None else None,
+        "split": split,
+    }
+    atomic_write_json(files["metrics_json"], payload)
+    result.files = files
+
+
+def print_result(result: EvalResult, console: Console) -> None:
+    """Per-class table and headline figures as a rich table."""
+    r = result.recording
+    t = Table(title=f"evaluation — {result.checkpoint.name} ({r.n} recordings)")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for _, c in r.per_class.iterrows():
+        t.add_row(
+            str(c["class"]),
+            f"{c['precision']:.3f}",
+            f"{c['recall']:.3f}",
+            f"{c['f1']:.3f}",
+            str(int(c["support"])),
+        )
+    t.add_section()
+    t.add_row(
+        "macro", f"{r.precision_macro:.3f}", f"{r.recall_macro:.3f}", f"{r.f1_macro:.3f}", str(r.n)
+    )
+    console.print(t)
+    console.print(
+        f"recording level: accuracy [bold]{r.accuracy:.3f}[/bold]  macro-F1 "
+        f"[bold]{r.f1_macro:.3f}[/bold]  log loss {r.log_loss:.3f}"
+    )
+    if result.window is not None:
+        w = result.window
+        console.print(
+            f"window level ({w.n} windows): accuracy {w.accuracy:.3f}  macro-F1 "
+            f"{w.f1_macro:.3f}  log loss {w.log_loss:.3f}"
+        )
+    if result.excluded.get("unreadable_audio"):
+        console.print(
+            f"[yellow]{result.excluded['unreadable_audio']} unreadable file(s) skipped[/yellow]"
+        )
+    if result.out_dir is not None:
+        console.print(f"outputs: {result.out_dir}")

@@ -1,0 +1,497 @@
+"""Sweep results: per-run figures from the runs' own metric files, tables, curves, report.md.
+
+Every number in a sweep table is read back from the run folders, never from memory:
+``result.json`` names the best epoch (lowest validation loss) and the parameter count
+and wall time; ``metrics.csv`` (one row per epoch) gives that epoch's validation
+figures and the curves. Per variant the table holds the mean and the sample standard
+deviation (``ddof=1``; empty with a single run) over its seeds and folds::
+
+    >>> rows = [read_run_metrics(d, "val/acc", "val/f1_macro") for d in run_dirs]  # doctest: +SKIP
+    >>> aggregate_runs(pd.DataFrame(rows))                                        # doctest: +SKIP
+
+For ``segments`` models the comparison uses the recording-level figures logged by
+the training module (``val/rec_acc``, ``val/rec_f1_macro``: window probabilities
+averaged per recording), so stacked and segments variants are scored per recording
+on the same folds; the report says which metric was used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from birdstack.evaluation.plots import plot_curves
+from birdstack.utils import atomic_write_text, get_logger
+
+if TYPE_CHECKING:
+    from birdstack.evaluation.sweep import Experiment, RunSpec
+
+log = get_logger("report")
+
+PACKAGES = ("birdstack", "torch", "torchvision", "lightning", "torchmetrics", "numpy")
+RUN_COLUMNS = [
+    "run",
+    "variant",
+    "fold",
+    "seed",
+    "status",
+    "best_epoch",
+    "acc",
+    "f1_macro",
+    "loss",
+    "n_params",
+    "wall_time_s",
+    "error",
+]
+TABLE_COLUMNS = [
+    "variant",
+    "acc_mean",
+    "acc_std",
+    "f1_macro_mean",
+    "f1_macro_std",
+    "loss_mean",
+    "loss_std",
+    "best_epoch_mean",
+    "n_params",
+    "wall_time_s_mean",
+    "n_runs",
+    "n_failed",
+]
+
+
+@dataclass(frozen=True)
+class MetricChoice:
+    """Which logged columns the comparison uses."""
+
+    acc: str
+    f1: str
+    loss: str
+    level: str
+
+    def describe(self) -> str:
+        return (
+            f"accuracy = `{self.acc}`, macro-F1 = `{self.f1}`, loss = `{self.loss}` "
+            f"({self.level}), all at each run's best epoch (lowest `val/loss`)"
+        )
+
+
+STACKED_METRICS = MetricChoice("val/acc", "val/f1_macro", "val/loss", "per recording")
+SEGMENT_METRICS = MetricChoice(
+    "val/rec_acc",
+    "val/rec_f1_macro",
+    "val/loss",
+    "accuracy and F1 per recording (window probabilities averaged); loss per model input",
+)
+
+
+def choose_metrics(encodings: Sequence[str]) -> MetricChoice:
+    """Recording-level figures as soon as one variant uses ``segments`` inputs."""
+    return SEGMENT_METRICS if "segments" in set(encodings) else STACKED_METRICS
+
+
+@dataclass
+class SweepReport:
+    """Tables and the report written by :func:`write_sweep_report`."""
+
+    per_run: pd.DataFrame
+    table: pd.DataFrame
+    report: Path
+    metric: MetricChoice
+    best_run: str | None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_history(run_dir: str | Path) -> pd.DataFrame:
+    """``metrics.csv`` of a run (one row per epoch, 0-based ``epoch``), or an empty frame."""
+    p = Path(run_dir) / "metrics.csv"
+    if not p.is_file():
+        return pd.DataFrame()
+    return pd.read_csv(p)
+
+
+def read_run_metrics(
+    run_dir: str | Path,
+    acc_key: str = "val/acc",
+    f1_key: str = "val/f1_macro",
+    loss_key: str = "val/loss",
+) -> dict[str, Any]:
+    """One run's row: its best epoch (1-based) and that epoch's figures from ``metrics.csv``.
+
+    ``status`` is ``done`` (``result.json`` present), ``failed`` (``error.txt``) or
+    ``unfinished``. Without ``metrics.csv`` the figures fall back to ``result.json``'s.
+    """
+    d = Path(run_dir)
+    row: dict[str, Any] = {c: math.nan for c in RUN_COLUMNS}
+    row.update(run=d.name, status="unfinished", error="")
+    if (d / "error.txt").is_file():
+        lines = (d / "error.txt").read_text(encoding="utf-8").strip().splitlines()
+        row.update(status="failed", error=lines[-1] if lines else "error")
+    res_path = d / "result.json"
+    if not res_path.is_file():
+        return row
+    res = json.loads(res_path.read_text(encoding="utf-8"))
+    best_epoch = int(res.get("best_epoch", -1))
+    figures = dict(res.get("best") or {})
+    hist = read_history(d)
+    if not hist.empty and "epoch" in hist and best_epoch in set(hist["epoch"]):
+        figures = hist.loc[hist["epoch"] == best_epoch].iloc[-1].to_dict()
+    row.update(
+        status="done",
+        error="",
+        best_epoch=best_epoch + 1,
+        acc=float(figures.get(acc_key, math.nan)),
+        f1_macro=float(figures.get(f1_key, math.nan)),
+        loss=float(figures.get(loss_key, math.nan)),
+        n_params=int(res.get("n_params", 0)),
+        wall_time_s=float(res.get("wall_time_s", math.nan)),
+    )
+    return row
+
+
+def per_run_table(runs: Sequence[RunSpec], metric: MetricChoice) -> pd.DataFrame:
+    """One row per planned run (``RUN_COLUMNS``), read from its folder."""
+    rows = []
+    for r in runs:
+        row = read_run_metrics(r.run_dir, metric.acc, metric.f1, metric.loss)
+        row.update(run=r.name, variant=r.variant.label, fold=r.fold, seed=r.seed)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def aggregate_runs(per_run: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean and sample std (``ddof=1``) per variant over its finished runs (``TABLE_COLUMNS``).
+
+    >>> df = pd.DataFrame({"variant": ["a", "a"], "status": ["done", "done"],
+    ...     "acc": [0.5, 0.7], "f1_macro": [0.4, 0.6], "loss": [1.0, 0.8],
+    ...     "best_epoch": [3, 5], "n_params": [10, 10], "wall_time_s": [2.0, 4.0]})
+    >>> t = aggregate_runs(df)
+    >>> round(t.loc[0, "acc_mean"], 3), round(t.loc[0, "acc_std"], 4), int(t.loc[0, "n_runs"])
+    (0.6, 0.1414, 2)
+    """
+    variants = list(order) if order is not None else list(dict.fromkeys(per_run["variant"]))
+    rows = []
+    for v in variants:
+        sub = per_run[per_run["variant"] == v]
+        done = sub[sub["status"] == "done"]
+        row: dict[str, Any] = {"variant": v}
+        for col in ("acc", "f1_macro", "loss"):
+            vals = done[col].astype(float)
+            row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
+            row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
+        nan = math.nan
+        row["best_epoch_mean"] = done["best_epoch"].astype(float).mean() if len(done) else nan
+        row["n_params"] = int(done["n_params"].iloc[0]) if len(done) else 0
+        row["wall_time_s_mean"] = done["wall_time_s"].astype(float).mean() if len(done) else nan
+        row["n_runs"] = len(done)
+        row["n_failed"] = len(sub) - len(done)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _pm(mean: float, std: float, digits: int = 3) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _num(v: Any, fmt: str) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if math.isnan(f) else format(f, fmt)
+
+
+def table_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the per-variant table (for markdown and rich)."""
+    header = [
+        "variant",
+        "accuracy",
+        "macro-F1",
+        "loss",
+        "best epoch",
+        "parameters",
+        "wall time / run",
+        "runs",
+    ]
+    rows = []
+    for _, r in table.iterrows():
+        runs = f"{int(r['n_runs'])}" + (f" ({int(r['n_failed'])} failed)" if r["n_failed"] else "")
+        rows.append(
+            [
+                str(r["variant"]),
+                _pm(r["acc_mean"], r["acc_std"]),
+                _pm(r["f1_macro_mean"], r["f1_macro_std"]),
+                _pm(r["loss_mean"], r["loss_std"]),
+                _num(r["best_epoch_mean"], ".1f"),
+                f"{int(r['n_params']):,}" if r["n_params"] else "–",
+                _num(r["wall_time_s_mean"], ".0f") + " s",
+                runs,
+            ]
+        )
+    return header, rows
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(esc(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_table(table: pd.DataFrame, console: Console, title: str) -> None:
+    """The per-variant table as a rich table."""
+    header, rows = table_rows(table)
+    t = Table(title=title)
+    for h in header:
+        t.add_column(h, justify="left" if h == "variant" else "right")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+
+
+def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that decide the numbers."""
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU count, platform and accelerator (for the report)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = ", ".join(
+            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+        )
+    else:
+        info["gpu"] = "none"
+    return info
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure_groups(exp: Experiment) -> dict[str, list[str]]:
+    """Variant labels per curves figure (``compare.figures_by``), file stem -> labels."""
+    from birdstack.evaluation.sweep import _label_of, slugify
+
+    if not exp.figures_by:
+        return {"curves": [v.label for v in exp.variants]}
+    groups: dict[str, list[str]] = {}
+    for v in exp.variants:
+        key = _label_of({k: v.overrides.get(k) for k in exp.figures_by})
+        groups.setdefault(f"curves_{slugify(key)}", []).append(v.label)
+    return groups
+
+
+def plot_sweep_curves(
+    exp: Experiment, runs: Sequence[RunSpec], out_dir: Path, metric: MetricChoice
+) -> list[Path]:
+    """Validation accuracy and loss per epoch, one line per variant (band: min–max over runs)."""
+    histories: dict[str, list[pd.DataFrame]] = {}
+    for r in runs:
+        h = read_history(r.run_dir)
+        if not h.empty and (r.run_dir / "result.json").is_file():
+            histories.setdefault(r.variant.label, []).append(h)
+    metrics = (
+        (metric.acc, f"validation accuracy ({metric.acc})"),
+        (metric.loss, f"validation loss ({metric.loss})"),
+    )
+    paths = []
+    for stem, labels in _figure_groups(exp).items():
+        sub = {lab: histories[lab] for lab in labels if lab in histories}
+        if not sub:
+            continue
+        title = exp.title or exp.name
+        if stem != "curves":
+            title += " — " + stem.removeprefix("curves_")
+        paths.append(plot_curves(sub, out_dir / f"{stem}.png", metrics=metrics, title=title))
+    return paths
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def best_run(per_run: pd.DataFrame) -> str | None:
+    """The finished run with the highest accuracy (ties: lower loss), or ``None``."""
+    done = per_run[per_run["status"] == "done"].dropna(subset=["acc"])
+    if done.empty:
+        return None
+    done = done.assign(_loss=done["loss"].fillna(math.inf))
+    return str(done.sort_values(["acc", "_loss"], ascending=[False, True]).iloc[0]["run"])
+
+
+def write_sweep_report(
+    exp: Experiment,
+    runs: Sequence[RunSpec],
+    out_dir: str | Path,
+    command: str | None = None,
+    sweep_wall_s: float | None = None,
+    evaluate_best: bool = True,
+    console: Console | None = None,
+    progress: bool = True,
+) -> SweepReport:
+    """``runs.csv``, ``results.csv``, ``results.md``, curve figures, the best run's
+    confusion matrix and ``report.md`` in ``out_dir``."""
+    console = console or Console()
+    out = Path(out_dir)
+    metric = choose_metrics([r.config.preprocessing.encoding.kind for r in runs])
+    per_run = per_run_table(runs, metric)
+    table = aggregate_runs(per_run, [v.label for v in exp.variants])
+    atomic_write_text(out / "runs.csv", per_run.to_csv(index=False))
+    atomic_write_text(out / "results.csv", table.to_csv(index=False))
+    header, rows = table_rows(table)
+    md_table = markdown_table(header, rows)
+    atomic_write_text(
+        out / "results.md",
+        f"# {exp.name}: results\n\nMetric: {metric.describe()}. Mean ± sample std over "
+        f"seeds and folds.\n\n{md_table}\n",
+    )
+    figures = plot_sweep_curves(exp, runs, out, metric)
+    print_table(table, console, f"{exp.name} — {metric.acc} / {metric.f1} at the best epoch")
+
+    best = best_run(per_run)
+    eval_md = ""
+    if best is not None and evaluate_best:
+        eval_md = _evaluate_best(runs, best, out, console, progress)
+
+    versions = package_versions()
+    machine = machine_info()
+    failed = per_run[per_run["status"] != "done"]
+    data_paths = sorted({r.config.data.path for r in runs})
+    total_run_wall = float(per_run["wall_time_s"].astype(float).sum(skipna=True))
+    lines = [
+        f"# {exp.name}",
+        "",
+        exp.description or "",
+        "",
+        "## Setup",
+        "",
+        f"- command: `{command or '(Python API)'}`",
+        f"- experiment file: `{exp.path}`" if exp.path else "- experiment: (in memory)",
+        f"- data: `{', '.join(data_paths)}`",
+        f"- runs: {len(runs)} ({len(exp.variants)} variant(s) x folds "
+        f"{sorted({r.fold for r in runs})} x seeds {sorted({r.seed for r in runs})}), "
+        f"{len(failed)} not finished",
+        f"- metric: {metric.describe()}",
+        f"- wall time: {total_run_wall:.0f} s of training (sum over runs)"
+        + (f", {sweep_wall_s:.0f} s for this invocation" if sweep_wall_s is not None else ""),
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- machine: {machine['cpus']} CPU(s), torch threads {machine['torch_threads']}, "
+        f"GPU {machine['gpu']}, {machine['platform']}, Python {machine['python']}",
+        f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "",
+        "## Results per variant",
+        "",
+        md_table,
+        "",
+        "Files: [results.csv](results.csv) (per variant), [runs.csv](runs.csv) (per run).",
+        "",
+        "## Validation curves",
+        "",
+        "Mean over each variant's runs; the band spans their minimum and maximum.",
+        "",
+    ]
+    lines += [f"![{p.stem}]({p.name})\n" for p in figures] or ["(no finished runs)\n"]
+    if best is not None:
+        lines += ["## Best run", "", f"`{best}` (highest {metric.acc}).", ""]
+        lines.append(eval_md)
+    if len(failed):
+        lines += ["## Runs not finished", ""]
+        lines += [
+            f"- `{r['run']}`: {r['status']}"
+            + (f" — {r['error']}" if r["error"] else "")
+            + (f" (see `runs/{r['run']}/error.txt`)" if r["status"] == "failed" else "")
+            for _, r in failed.iterrows()
+        ]
+        lines.append("")
+    lines += [
+        "## Runs",
+        "",
+        markdown_table(
+            ["run", "status", "best epoch", "accuracy", "macro-F1", "loss", "wall time"],
+            [
+                [
+                    r["run"],
+                    r["status"],
+                    _num(r["best_epoch"], ".0f"),
+                    _num(r["acc"], ".3f"),
+                    _num(r["f1_macro"], ".3f"),
+                    _num(r["loss"], ".3f"),
+                    _num(r["wall_time_s"], ".0f"),
+                ]
+                for _, r in per_run.iterrows()
+            ],
+        ),
+        "",
+    ]
+    report_path = out / "report.md"
+    atomic_write_text(report_path, "\n".join(lines))
+    console.print(f"report: {report_path}")
+    return SweepReport(per_run, table, report_path, metric, best)
+
+
+def _evaluate_best(
+    runs: Sequence[RunSpec], best: str, out: Path, console: Console, progress: bool
+) -> str:
+    """Evaluate the best run's best checkpoint on its validation split; markdown section."""
+    from birdstack.evaluation.evaluate import evaluate_checkpoint
+
+    run = next(r for r in runs if r.name == best)
+    res = json.loads((run.run_dir / "result.json").read_text(encoding="utf-8"))
+    ckpt = Path(res.get("best_checkpoint") or run.run_dir / "checkpoints" / "best.ckpt")
+    if not ckpt.is_file():
+        ckpt = run.run_dir / "checkpoints" / "best.ckpt"
+    try:
+        ev = evaluate_checkpoint(
+            ckpt,
+            run.config.data.path,
+            manifest=run.run_dir / "data" / "manifest.csv",
+            split="val",
+            out_dir=out / "best_run",
+            cache_dir=run.config.data.cache_dir,
+            progress=progress,
+            console=console,
+        )
+    except Exception as e:  # the tables are still worth writing
+        log.warning("could not evaluate the best run %s: %s", best, e)
+        return f"(evaluation of the best checkpoint failed: {type(e).__name__}: {e})\n"
+    return ev.markdown(link_prefix="best_run/")
