@@ -1,0 +1,351 @@
+"""``birdstack predict`` and ``birdstack export`` (wired in by :mod:`birdstack.cli.main`).
+
+    birdstack predict runs/demo/checkpoints/best.ckpt recordings/ --out preds \\
+        --format csv raven json --window-s 5 --hop-s 2.5 --min-confidence 0.3 --merge
+    birdstack export runs/demo/checkpoints/best.ckpt --onnx model.onnx
+
+Folders are searched recursively for audio files by extension (files named
+explicitly are used whatever their name); every file is decoded by its content.
+Decoding runs in background threads ahead of the model. A file that cannot be used
+is reported in one log line naming it and the reason, and the rest is processed.
+Reruns resume: recordings whose results are complete (same settings, same input
+file) are not predicted again; the combined files are rebuilt every time.
+
+Heavy imports (torch, onnxruntime) happen inside the ``cmd_*`` functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from birdstack.config import ConfigError
+
+AUDIO_EXTENSIONS = (".ogg", ".oga", ".mp3", ".wav", ".flac", ".opus", ".aif", ".aiff")
+_END = object()
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``birdstack predict``."""
+    p.add_argument("checkpoint", help="birdstack checkpoint (.ckpt) or a birdstack ONNX export")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="audio files and/or folders (recursive)"
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--top-k", type=int, default=3, help="species per window / recording (3)")
+    p.add_argument("--window-s", type=float, default=None, help="window length (model's span)")
+    p.add_argument("--hop-s", type=float, default=None, help="hop between windows (half a window)")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.1,
+        help="window detections below this are not reported (0.1); recording top-k always is",
+    )
+    p.add_argument(
+        "--merge", action="store_true", help="merge consecutive windows of the same species"
+    )
+    p.add_argument("--species-list", help="file with one label per line: only report these")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        default=["csv"],
+        choices=("csv", "raven", "json"),
+        help="output formats (several allowed; default csv)",
+    )
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="torch | onnx")
+    p.add_argument("--onnx", help="ONNX export to run with --runtime onnx (default: export now)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per model call (32)")
+    p.add_argument(
+        "--decode-workers", type=int, default=2, help="files decoded ahead in threads (2)"
+    )
+    p.add_argument("--block-s", type=float, default=60.0, help="decoding block length (60 s)")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``birdstack export``."""
+    p.add_argument("checkpoint", help="birdstack checkpoint (.ckpt)")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (18)")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An input recording: where it is, how outputs name it, and its key (output path stem)."""
+
+    path: Path
+    display: str
+    key: str
+
+
+def _safe_key(rel: str) -> str:
+    parts = [re.sub(r"[^\w.\-]+", "_", p) or "_" for p in Path(rel).parts if p not in ("", ".")]
+    parts = [p if p not in (".", "..") else "_" for p in parts]
+    return "/".join(parts) or "_"
+
+
+def collect_inputs(paths: list[str]) -> tuple[list[InputFile], list[tuple[str, str]]]:
+    """Audio files under ``paths`` (folders recursively, by extension) and missing paths."""
+    found: list[InputFile] = []
+    missing: list[tuple[str, str]] = []
+    keys: set[str] = set()
+
+    def add(path: Path, display: str, rel: str) -> None:
+        key = _safe_key(str(Path(rel).with_suffix("")))
+        base, n = key, 2
+        while key in keys:
+            key = f"{base}__{n}"
+            n += 1
+        keys.add(key)
+        found.append(InputFile(path, display, key))
+
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in AUDIO_EXTENSIONS
+                and not f.name.startswith(".")
+                and f.is_file()
+            )
+            if not files:
+                missing.append(
+                    (raw, "folder holds no audio files (" + ", ".join(AUDIO_EXTENSIONS) + ")")
+                )
+            for f in files:
+                add(f, str(f), str(f.relative_to(p)))
+        elif p.exists():
+            add(p, str(p), p.name)
+        else:
+            missing.append((raw, "not found"))
+    return found, missing
+
+
+def read_species_list(path: str, classes: list[str], names: dict[str, str]) -> tuple[str, ...]:
+    """Labels listed in ``path`` (one per line, ``#`` comments); scientific names are accepted."""
+    from birdstack.inference.writers import scientific_name
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--species-list {path}: file not found")
+    by_name = {scientific_name(c, names).lower(): c for c in classes}
+    by_name.update({c.lower(): c for c in classes})
+    wanted: list[str] = []
+    unknown: list[str] = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        label = by_name.get(s.lower()) or by_name.get(s.lower().replace(" ", "_"))
+        (wanted if label else unknown).append(label or s)
+    if unknown:
+        raise ConfigError(
+            f"--species-list {path}: not species of this model: {', '.join(unknown)} "
+            f"(the model knows: {', '.join(classes)})"
+        )
+    if not wanted:
+        raise ConfigError(f"--species-list {path}: no species listed")
+    return tuple(dict.fromkeys(wanted))
+
+
+# --------------------------------------------------------------------------- decode ahead
+
+
+class _Ahead:
+    """Runs ``produce(item)`` generators in background threads, a few items ahead.
+
+    Each item's output goes through its own bounded queue, so memory stays bounded
+    however long a file is. :meth:`chunks` yields item ``i``'s outputs in order and
+    re-raises its exception in the caller.
+    """
+
+    def __init__(self, items: list[Any], produce: Any, workers: int, depth: int = 2) -> None:
+        self.items = items
+        self.produce = produce
+        self.workers = max(1, workers)
+        self.depth = max(1, depth)
+        self.queues: dict[int, queue.Queue[Any]] = {}
+        self.started = 0
+        self.stop = threading.Event()
+
+    def _start(self, upto: int) -> None:
+        while self.started < min(upto, len(self.items)):
+            i = self.started
+            q: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
+            self.queues[i] = q
+            threading.Thread(target=self._run, args=(i, q), daemon=True).start()
+            self.started += 1
+
+    def _put(self, q: queue.Queue[Any], v: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                q.put(v, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, i: int, q: queue.Queue[Any]) -> None:
+        try:
+            for v in self.produce(self.items[i]):
+                if not self._put(q, v):
+                    return
+            self._put(q, _END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put(q, e)
+
+    def chunks(self, i: int) -> Iterator[Any]:
+        """Outputs of item ``i`` (starts the workers for the next items too)."""
+        self._start(i + self.workers)
+        q = self.queues[i]
+        try:
+            while True:
+                v = q.get()
+                if v is _END:
+                    return
+                if isinstance(v, BaseException):
+                    raise v
+                yield v
+        finally:
+            del self.queues[i]
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict species in files/folders and write the chosen formats into ``--out``."""
+    from tqdm.auto import tqdm
+
+    from birdstack.cli.main import _skip_exit
+    from birdstack.inference.predictor import Predictor
+    from birdstack.inference.writers import OutputOptions, PredictionWriter
+    from birdstack.utils import BadInputError, SkipLog, file_sha1, get_logger
+
+    log = get_logger("predict")
+    if args.top_k < 1:
+        raise ConfigError("--top-k must be >= 1")
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise ConfigError("--min-confidence must be in [0, 1]")
+    for name in ("window_s", "hop_s", "block_s"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+
+    ckpt = Path(args.checkpoint)
+    if ckpt.suffix.lower() == ".onnx":
+        predictor = Predictor.from_onnx(ckpt, threads=args.threads, batch_size=args.batch_size)
+    else:
+        predictor = Predictor.from_checkpoint(
+            ckpt,
+            device=args.device,
+            runtime=args.runtime,
+            onnx_path=args.onnx,
+            threads=args.threads,
+            batch_size=args.batch_size,
+        )
+    pre = predictor.preprocessing
+    species = (
+        read_species_list(args.species_list, predictor.classes, predictor.scientific_names)
+        if args.species_list
+        else None
+    )
+    opts = OutputOptions(
+        top_k=args.top_k,
+        min_confidence=args.min_confidence,
+        merge=args.merge,
+        species=species,
+        scientific_names=predictor.scientific_names,
+        fmin=pre.spectrogram.fmin,
+        fmax=pre.spectrogram.fmax,
+        formats=tuple(dict.fromkeys(args.format)),
+    )
+    table, length = predictor.table_rule(args.window_s, args.hop_s)
+    spf = predictor.seconds_per_frame
+    model_block = {
+        "checkpoint": ckpt.name,
+        "checkpoint_sha1": file_sha1(ckpt),
+        "model": predictor.info.model_name if predictor.info is not None else "onnx",
+        "classes": predictor.classes,
+        "window_s": round(length * spf, 6),
+        "hop_s": round(table.hop * spf, 6),
+    }
+    writer = PredictionWriter(args.out, opts, model_block)
+
+    skips = SkipLog()
+    inputs, missing = collect_inputs(args.paths)
+    for raw, reason in missing:
+        skips.add(raw, reason)
+    todo = [f for f in inputs if not writer.done(f.key, f.path)]
+    n_resumed = len(inputs) - len(todo)
+    if n_resumed:
+        log.info("%d recording(s) already predicted with these settings: skipped", n_resumed)
+
+    def produce(f: InputFile) -> Iterator[Any]:
+        counter = [0]
+        try:
+            yield from predictor.file_chunks(f.path, args.block_s, counter)
+        except BadInputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem
+            raise BadInputError(f.path, f"could not be decoded ({type(e).__name__}: {e})") from e
+        yield ("samples", counter[0])
+
+    ahead = _Ahead(todo, produce, args.decode_workers)
+    n_done = 0
+    try:
+        bar = tqdm(todo, desc="predict", unit="file", disable=args.no_progress)
+        for i, f in enumerate(bar):
+            n_samples = [0]
+
+            def frames(i: int = i, n_samples: list[int] = n_samples) -> Iterator[Any]:
+                for v in ahead.chunks(i):
+                    if isinstance(v, tuple):
+                        n_samples[0] = v[1]
+                    else:
+                        yield v
+
+            try:
+                pred = predictor.score_frames(
+                    frames(), f.display, n_samples, args.window_s, args.hop_s
+                )
+            except BadInputError as e:
+                skips.add(f.path, e.reason)
+                continue
+            writer.write(f.key, pred, f.path)
+            n_done += 1
+    finally:
+        ahead.close()
+    written = writer.finish([f.key for f in inputs])
+    print(
+        f"predicted {n_done} recording(s), {n_resumed} already done, {len(skips)} skipped; "
+        f"outputs in {args.out}"
+    )
+    for w in written:
+        print(f"  {w}")
+    if "raven" in opts.formats:
+        print(f"  {Path(args.out) / 'raven'}/ (one selection table per recording)")
+    return _skip_exit(len(skips), args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint to ONNX (self-describing: classes and preprocessing in metadata)."""
+    from birdstack.inference.export import export_onnx
+
+    out = export_onnx(args.checkpoint, args.onnx, opset=args.opset)
+    print(f"ONNX model: {out}")
+    return 0

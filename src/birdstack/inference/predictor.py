@@ -1,0 +1,612 @@
+"""Predict species in recordings and soundscapes from a checkpoint (or its ONNX export).
+
+:class:`Predictor` rebuilds the whole preprocessing from the checkpoint alone, so
+training and inference cannot drift::
+
+    >>> pred = Predictor.from_checkpoint("runs/demo/checkpoints/best.ckpt")   # doctest: +SKIP
+    >>> result = pred.predict("soundscape.ogg")                               # doctest: +SKIP
+    >>> result.top(3)                                                         # doctest: +SKIP
+    [('coereba_flaveola', 0.91), ...]
+
+Two levels of output:
+
+* **recording level** (:meth:`Predictor.recording_probs`), the documented rule:
+  ``stacked`` models score a recording not longer than ``target_frames`` once (padded
+  at the end, as in training); a longer one is covered by whole-target windows every
+  ``target_frames // 2`` frames plus one aligned to the end, and their softmax
+  probabilities are averaged. ``segments`` models average the softmax probabilities of
+  the :func:`~birdstack.features.encoding.segment_starts` windows, exactly as
+  validation pools them (:func:`birdstack.training.module.pool_by_recording`).
+* **window level** (:meth:`Predictor.window_probs`): windows of ``window_s`` (default:
+  the model's own input span) every ``hop_s`` (default: half a window); a final
+  partial window is kept (padded) when it holds at least ``encoding.min_last_window``
+  of a window. A ``stacked`` model encodes each window with
+  :func:`~birdstack.features.encoding.encode_stacked`.
+
+Files are decoded in blocks (:func:`birdstack.features.audio.stream_audio`) and the
+log-mel frames are stitched exactly across block joins (each block is computed with
+``n_fft / 2`` samples of real context on both sides), so a 1-hour file runs in
+bounded memory and gives the same windows as the in-memory path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdstack.config import Preprocessing
+from birdstack.features.encoding import center_trim, encode_stacked, pad_frames
+from birdstack.features.mel import LogMel, normalize_db_np
+from birdstack.inference.windows import (
+    EndAlignedRule,
+    SegmentRule,
+    WindowRule,
+    frames_for_samples,
+    seconds_to_frames,
+    window_times,
+)
+from birdstack.inference.writers import Prediction
+from birdstack.utils import BadInputError, BirdstackError, get_logger
+
+log = get_logger("inference")
+
+RUNTIMES = ("torch", "onnx")
+DEFAULT_BLOCK_S = 60.0
+
+__all__ = ["RUNTIMES", "Prediction", "Predictor", "softmax"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32 (``[N, K]``)."""
+    z = logits.astype(np.float32, copy=False)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- runtimes
+
+
+class TorchRunner:
+    """Runs a network with ``torch.inference_mode`` on ``device``; returns float32 logits."""
+
+    def __init__(self, net: Any, device: str = "cpu") -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.net(torch.from_numpy(x).to(self.device))
+        return out.float().cpu().numpy()
+
+
+class OnnxRunner:
+    """Runs an ONNX export with ONNX Runtime (CPU execution provider)."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- background work
+
+_DONE = object()
+
+
+def iter_ahead(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
+
+    Decoding and the log-mel front end release the GIL, so they overlap with the model.
+    An exception in the producer is raised in the consumer; closing the generator
+    stops the producer.
+
+    >>> list(iter_ahead(range(5)))
+    [0, 1, 2, 3, 4]
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(v: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(v, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for v in items:
+                if not put(v):
+                    return
+            put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(_Raised(e))
+
+    t = threading.Thread(target=run, daemon=True, name="birdstack-decode")
+    t.start()
+    try:
+        while True:
+            v = q.get()
+            if v is _DONE:
+                return
+            if isinstance(v, _Raised):
+                raise v.error
+            yield v
+    finally:
+        stop.set()
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error: BaseException
+
+
+# --------------------------------------------------------------------------- frame stitching
+
+
+class FrameStitcher:
+    """Turns consecutive sample blocks into the exact frames of one centred STFT.
+
+    ``logmel(wave) -> [n_mels, 1 + len(wave) // hop]`` must compute centred frames.
+    Frame ``j`` is centred on sample ``j * hop`` and needs ``n_fft // 2`` samples each
+    side, so every block is computed with that much real context and the frames that
+    would see the block's padding are left for the next block. Only the file's own
+    edges are padded, as in the one-shot computation.
+    """
+
+    def __init__(
+        self, logmel: Callable[[np.ndarray], np.ndarray], n_fft: int, hop: int, min_frames: int = 1
+    ) -> None:
+        self.logmel = logmel
+        self.hop = hop
+        self.half = n_fft // 2
+        self.context = math.ceil(self.half / hop) * hop  # left context, a multiple of hop
+        self.min_frames = max(1, min_frames)
+        self.buf = np.zeros(0, dtype=np.float32)
+        self.buf0 = 0  # global index of buf[0]
+        self.n_samples = 0
+        self.next_frame = 0
+
+    def push(self, block: np.ndarray) -> np.ndarray | None:
+        """Add samples; returns the frames now complete (``[n_mels, f]``) or ``None``."""
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        self.buf = np.concatenate([self.buf, block]) if self.buf.size else block
+        self.n_samples += block.size
+        last = (self.n_samples - self.half) // self.hop  # last frame with real right context
+        if last - self.next_frame + 1 < self.min_frames:
+            return None
+        return self._frames(last, final=False)
+
+    def finish(self) -> np.ndarray | None:
+        """The remaining frames up to the end of the signal (padded at the end as usual)."""
+        if self.n_samples == 0:
+            return None
+        last = frames_for_samples(self.n_samples, self.hop) - 1
+        if last < self.next_frame:
+            return None
+        return self._frames(last, final=True)
+
+    def _frames(self, last: int, final: bool) -> np.ndarray:
+        j0 = self.next_frame
+        s0 = max(0, j0 * self.hop - self.context)
+        s1 = self.n_samples if final else last * self.hop + self.half
+        wave = self.buf[s0 - self.buf0 : s1 - self.buf0]
+        db = self.logmel(wave)
+        m = (j0 * self.hop - s0) // self.hop
+        out = db[:, m : m + (last - j0 + 1)]
+        if out.shape[1] != last - j0 + 1:  # pragma: no cover - a logmel with other framing
+            raise BirdstackError(
+                f"log-mel front end gave {db.shape[1]} frames for {wave.size} samples; "
+                f"expected centred frames (1 + n // {self.hop})"
+            )
+        self.next_frame = last + 1
+        keep = max(0, self.next_frame * self.hop - self.context)
+        self.buf = self.buf[keep - self.buf0 :].copy()
+        self.buf0 = keep
+        return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------- window scoring
+
+
+@dataclass
+class _RuleState:
+    rule: WindowRule
+    length: int
+    next_k: int = 0
+
+
+@dataclass
+class WindowScorer:
+    """Scores the windows of several rules over a spectrogram that arrives in chunks.
+
+    Regular windows are encoded as soon as their frames arrive, tail windows once the
+    total length is known (:meth:`finish`); windows shared by rules (same start and
+    length) are scored once. Only the frames later windows can still need are kept.
+    """
+
+    encode: Callable[[np.ndarray, int], np.ndarray]
+    run: Callable[[np.ndarray], np.ndarray]
+    rules: dict[str, tuple[WindowRule, int]]
+    batch_size: int = 32
+    n_frames: int = 0
+    _states: dict[str, _RuleState] = field(default_factory=dict)
+    _buf: np.ndarray | None = None
+    _buf0: int = 0
+    _pending: list[tuple[tuple[int, int], np.ndarray]] = field(default_factory=list)
+    _pending_keys: set[tuple[int, int]] = field(default_factory=set)
+    _probs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._states = {
+            name: _RuleState(rule, length) for name, (rule, length) in self.rules.items()
+        }
+        self._max_len = max(length for _, length in self.rules.values())
+
+    def push(self, db: np.ndarray) -> None:
+        """Append frames ``[n_mels, f]`` and score every window they complete."""
+        if db.shape[1] == 0:
+            return
+        self._buf = db if self._buf is None else np.concatenate([self._buf, db], axis=1)
+        self.n_frames += db.shape[1]
+        for st in self._states.values():
+            while (s := st.next_k * st.rule.hop) + st.length <= self.n_frames:
+                self._schedule(s, st.length)
+                st.next_k += 1
+        keep = min(
+            [st.next_k * st.rule.hop for st in self._states.values()]
+            + [self.n_frames - self._max_len]
+        )
+        keep = max(keep, self._buf0)
+        if keep > self._buf0:
+            self._buf = self._buf[:, keep - self._buf0 :].copy()
+            self._buf0 = keep
+
+    def finish(self) -> dict[str, tuple[list[int], np.ndarray]]:
+        """Score the tail windows; per rule: its start frames and probabilities ``[W, K]``."""
+        if self.n_frames == 0:
+            raise ValueError("no spectrogram frames to score")
+        for st in self._states.values():
+            for s in st.rule.tail(self.n_frames):
+                self._schedule(s, st.length)
+        self._flush()
+        out = {}
+        for name, st in self._states.items():
+            starts = st.rule.starts(self.n_frames)
+            out[name] = (starts, np.stack([self._probs[(s, st.length)] for s in starts]))
+        return out
+
+    def _schedule(self, start: int, length: int) -> None:
+        key = (start, length)
+        if key in self._probs or key in self._pending_keys:
+            return
+        assert self._buf is not None and start >= self._buf0
+        frames = self._buf[:, start - self._buf0 : start - self._buf0 + length]
+        self._pending.append((key, self.encode(frames, length)))
+        self._pending_keys.add(key)
+        if len(self._pending) >= self.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        x = np.stack([x for _, x in self._pending]).astype(np.float32, copy=False)
+        probs = softmax(self.run(x))
+        for (key, _), p in zip(self._pending, probs):
+            self._probs[key] = p
+        self._pending.clear()
+        self._pending_keys.clear()
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class Predictor:
+    """A trained network plus the preprocessing it was trained with.
+
+    Attributes: ``classes`` (labels in output order), ``preprocessing`` (the resolved
+    :class:`~birdstack.config.Preprocessing`), ``info`` (the checkpoint's
+    :class:`~birdstack.training.checkpoint.CheckpointInfo`, or ``None`` for a bare
+    ONNX file), ``scientific_names`` (label -> name, may be empty), ``runtime``.
+    """
+
+    def __init__(
+        self,
+        runner: Callable[[np.ndarray], np.ndarray],
+        classes: list[str],
+        preprocessing: Preprocessing,
+        info: Any = None,
+        scientific_names: dict[str, str] | None = None,
+        runtime: str = "torch",
+        batch_size: int = 32,
+    ) -> None:
+        self.runner = runner
+        self.classes = list(classes)
+        self.preprocessing = preprocessing
+        self.info = info
+        self.scientific_names = dict(scientific_names or {})
+        self.runtime = runtime
+        self.batch_size = max(1, int(batch_size))
+        enc = preprocessing.encoding
+        if enc.kind == "stacked" and enc.target_frames is None:
+            raise BirdstackError("the checkpoint's encoding.target_frames is not resolved")
+        self.sample_rate = preprocessing.audio.sample_rate
+        self.spec = preprocessing.spectrogram
+        self.seconds_per_frame = self.spec.hop_length / self.sample_rate
+        self._mel = LogMel(self.spec, self.sample_rate).eval()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "cpu",
+        runtime: str = "torch",
+        onnx_path: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> Predictor:
+        """Load a checkpoint (safely) and rebuild network and preprocessing from it.
+
+        ``runtime="onnx"`` runs ``onnx_path`` with ONNX Runtime (exported on the fly into
+        a temporary folder when not given). ``threads`` sets torch's intra-op threads
+        (process-wide) and ONNX Runtime's.
+        """
+        from birdstack.inference.export import export_onnx, scientific_names_from_checkpoint
+        from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+        if runtime not in RUNTIMES:
+            raise BirdstackError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+        _set_torch_threads(threads)
+        ckpt = load_checkpoint(path)
+        names = scientific_names_from_checkpoint(ckpt)
+        net, info = build_model_from_checkpoint(ckpt)
+        if runtime == "torch":
+            runner: Callable[[np.ndarray], np.ndarray] = TorchRunner(net, device)
+        else:
+            if onnx_path is None:
+                tmp = Path(tempfile.mkdtemp(prefix="birdstack-onnx-"))
+                onnx_path = export_onnx(path, tmp / "model.onnx")
+            runner = OnnxRunner(onnx_path, threads)
+        return cls(runner, info.classes, info.preprocessing, info, names, runtime, batch_size)
+
+    @classmethod
+    def from_onnx(
+        cls, path: str | os.PathLike[str], threads: int | None = None, batch_size: int = 32
+    ) -> Predictor:
+        """A predictor from a birdstack ONNX export alone (its metadata describes it)."""
+        from birdstack.inference.export import read_onnx_metadata
+
+        meta = read_onnx_metadata(path)
+        _set_torch_threads(threads)
+        return cls(
+            OnnxRunner(path, threads),
+            meta["classes"],
+            meta["preprocessing"],
+            None,
+            meta["scientific_names"],
+            "onnx",
+            batch_size,
+        )
+
+    # ---------------------------------------------------------------- features
+    def features(self, wave: np.ndarray) -> np.ndarray:
+        """Log-mel dB ``[n_mels, frames]`` of a mono waveform at the model's sample rate.
+
+        Same values as :func:`birdstack.features.mel.compute_logmel` (the training features).
+        """
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        with torch.inference_mode():
+            return self._mel(x).numpy()
+
+    def encode(self, frames: np.ndarray, length: int) -> np.ndarray:
+        """One model input from a window's frames (``length`` = the window's nominal frames).
+
+        ``stacked``: :func:`encode_stacked` (longer windows trimmed from both ends,
+        shorter ones padded at the end). ``segments``: normalised, trimmed/padded to the
+        model's window, ``[1, n_mels, window]`` (= :func:`encode_segment` for its window).
+        """
+        pre = self.preprocessing
+        top_db = self.spec.top_db
+        if pre.encoding.kind == "stacked":
+            assert pre.encoding.target_frames is not None
+            return encode_stacked(frames, pre.encoding.target_frames, pre.encoding.channels, top_db)
+        w = pre.window_frames()
+        x = normalize_db_np(center_trim(frames, w), top_db)
+        return pad_frames(x, w)[None]
+
+    # ---------------------------------------------------------------- window rules
+    def recording_rule(self) -> tuple[WindowRule, int]:
+        """The recording-level rule and its window length in frames."""
+        pre = self.preprocessing
+        enc = pre.encoding
+        if enc.kind == "stacked":
+            t = pre.input_frames()
+            return EndAlignedRule(t, max(1, t // 2)), t
+        w = pre.window_frames()
+        return SegmentRule(w, pre.hop_frames(), enc.min_last_window), w
+
+    def table_rule(
+        self, window_s: float | None = None, hop_s: float | None = None
+    ) -> tuple[WindowRule, int]:
+        """The per-window table rule: ``window_s`` (model span) every ``hop_s`` (half a window)."""
+        sr, hop = self.sample_rate, self.spec.hop_length
+        length = (
+            seconds_to_frames(window_s, sr, hop)
+            if window_s is not None
+            else self.preprocessing.input_frames()
+        )
+        step = seconds_to_frames(hop_s, sr, hop) if hop_s is not None else max(1, length // 2)
+        return SegmentRule(length, step, self.preprocessing.encoding.min_last_window), length
+
+    def _scorer(self, rules: dict[str, tuple[WindowRule, int]]) -> WindowScorer:
+        return WindowScorer(self.encode, self.runner, rules, self.batch_size)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``[B, K]`` of a batch of model inputs."""
+        return self.runner(np.ascontiguousarray(x, dtype=np.float32))
+
+    # ---------------------------------------------------------------- scoring
+    def recording_probs(self, db: np.ndarray) -> np.ndarray:
+        """Recording-level probabilities ``[K]`` of a whole spectrogram (the documented rule)."""
+        scorer = self._scorer({"rec": self.recording_rule()})
+        scorer.push(np.asarray(db, dtype=np.float32))
+        return scorer.finish()["rec"][1].mean(axis=0)
+
+    def window_probs(
+        self, db: np.ndarray, window_s: float | None = None, hop_s: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-window scores ``(starts_s [W], ends_s [W], probs [W, K])`` of a spectrogram."""
+        rule, length = self.table_rule(window_s, hop_s)
+        scorer = self._scorer({"win": (rule, length)})
+        scorer.push(np.asarray(db, dtype=np.float32))
+        starts, probs = scorer.finish()["win"]
+        b, e = window_times(starts, length, scorer.n_frames, self.seconds_per_frame)
+        return np.asarray(b), np.asarray(e), probs
+
+    def score_frames(
+        self,
+        chunks: Iterable[np.ndarray],
+        file: str = "",
+        n_samples: int | list[int] | None = None,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+    ) -> Prediction:
+        """A :class:`Prediction` from spectrogram chunks (consecutive frames of one recording).
+
+        ``n_samples``: the recording's length in samples (for its duration), or a
+        one-element list that holds it once ``chunks`` is spent.
+        """
+        table, length = self.table_rule(window_s, hop_s)
+        scorer = self._scorer({"rec": self.recording_rule(), "win": (table, length)})
+        for db in chunks:
+            scorer.push(db)
+        if scorer.n_frames == 0:
+            raise BadInputError(file or "<input>", "no audio samples")
+        res = scorer.finish()
+        ns = n_samples[0] if isinstance(n_samples, list) else n_samples
+        duration = (
+            ns / self.sample_rate
+            if ns is not None
+            else (scorer.n_frames - 1) * self.seconds_per_frame
+        )
+        starts, wprobs = res["win"]
+        b, e = window_times(starts, length, scorer.n_frames, self.seconds_per_frame, duration)
+        return Prediction(
+            file=file,
+            duration_s=float(duration),
+            classes=self.classes,
+            probs=res["rec"][1].mean(axis=0),
+            starts_s=np.asarray(b, dtype=np.float64),
+            ends_s=np.asarray(e, dtype=np.float64),
+            window_probs=wprobs,
+        )
+
+    # ---------------------------------------------------------------- audio in
+    def frame_chunks(
+        self, blocks: Iterable[np.ndarray], counter: list[int] | None = None
+    ) -> Iterator[np.ndarray]:
+        """Exact log-mel frame chunks of consecutive sample blocks (see :class:`FrameStitcher`).
+
+        ``counter`` (a one-element list), when given, receives the number of samples seen.
+        """
+        min_frames = max(1, self.preprocessing.input_frames())
+        st = FrameStitcher(self.features, self.spec.n_fft, self.spec.hop_length, min_frames)
+        for block in blocks:
+            out = st.push(block)
+            if counter is not None:
+                counter[0] = st.n_samples
+            if out is not None:
+                yield out
+        out = st.finish()
+        if out is not None:
+            yield out
+
+    def file_chunks(
+        self,
+        path: str | os.PathLike[str],
+        block_s: float = DEFAULT_BLOCK_S,
+        counter: list[int] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Decode ``path`` block by block and yield its exact log-mel frames in chunks."""
+        from birdstack.features.audio import stream_audio
+
+        blocks = stream_audio(path, self.sample_rate, block_s=block_s, overlap_samples=0)
+        yield from self.frame_chunks(blocks, counter)
+
+    def predict(
+        self,
+        source: str | os.PathLike[str] | np.ndarray,
+        sample_rate: int | None = None,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+        block_s: float = DEFAULT_BLOCK_S,
+    ) -> Prediction:
+        """Predict one recording: a file path (decoded in blocks) or a waveform.
+
+        A file is decoded and turned into log-mel frames in a background thread, block
+        by block, while the model scores the windows. A waveform may be ``[samples]`` or
+        ``[channels, samples]`` (mixed to mono); it is resampled from ``sample_rate``
+        (default: the model's) when needed.
+        """
+        if isinstance(source, np.ndarray):
+            wave = self._prepare_wave(source, sample_rate)
+            return self.score_frames(
+                [self.features(wave)], "<waveform>", wave.size, window_s, hop_s
+            )
+        counter = [0]
+        chunks = iter_ahead(self.file_chunks(source, block_s, counter))
+        return self.score_frames(chunks, str(source), counter, window_s, hop_s)
+
+    def _prepare_wave(self, wave: np.ndarray, sample_rate: int | None) -> np.ndarray:
+        x = np.asarray(wave, dtype=np.float32)
+        if x.ndim == 2:
+            ch_axis = 0 if x.shape[0] < x.shape[1] else 1
+            x = x.mean(axis=ch_axis, dtype=np.float32)
+        if x.ndim != 1 or x.size == 0:
+            raise BadInputError(
+                "<waveform>", f"expected a non-empty 1-D or 2-D array, got {wave.shape}"
+            )
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            import soxr
+
+            from birdstack.features.audio import RESAMPLE_QUALITY
+
+            x = soxr.resample(x, sample_rate, self.sample_rate, quality=RESAMPLE_QUALITY)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))

@@ -1,0 +1,223 @@
+"""Window arithmetic for inference: which spectrogram frames each model input covers.
+
+All rules work on frame indices of one log-mel spectrogram (``hop_length`` samples
+per frame) and are split into *regular* windows, which can be emitted as soon as
+their frames exist, and *tail* windows, which depend on the total frame count.
+That split is what lets :mod:`birdstack.inference.predictor` stream a long file
+in blocks and still produce exactly the windows of the in-memory path.
+
+Two rules exist:
+
+``segments`` (:class:`SegmentRule`, same as
+:func:`birdstack.features.encoding.segment_starts`): full windows every ``hop``
+frames, then one last partial (padded) window when it holds at least
+``min_last`` of a window; a spectrogram shorter than one window gets one padded
+window at 0::
+
+    >>> SegmentRule(window=100, hop=50, min_last=0.5).starts(260)
+    [0, 50, 100, 150, 200]
+
+``end-aligned`` (:class:`EndAlignedRule`, the stacked models' recording rule):
+full windows every ``hop`` frames plus one aligned to the end so the tail is
+covered; a spectrogram not longer than one window is scored once::
+
+    >>> EndAlignedRule(window=100, hop=50).starts(260)
+    [0, 50, 100, 150, 160]
+
+Windows are merged into detections with :func:`merge_detections`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from birdstack.features.encoding import segment_starts
+
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """``segments`` windows: full windows every ``hop``, optional partial last window."""
+
+    window: int
+    hop: int
+    min_last: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.hop < 1:
+            raise ValueError(f"window={self.window} and hop={self.hop} must be >= 1 frame")
+
+    def regular_until(self, available: int) -> list[int]:
+        """Start frames of the full windows that fit in the first ``available`` frames."""
+        if available < self.window:
+            return []
+        return list(range(0, available - self.window + 1, self.hop))
+
+    def starts(self, n_frames: int) -> list[int]:
+        """All start frames for a spectrogram of ``n_frames``."""
+        return segment_starts(n_frames, self.window, self.hop, self.min_last)
+
+    def tail(self, n_frames: int) -> list[int]:
+        """Start frames that are not regular windows (known only once ``n_frames`` is)."""
+        regular = set(self.regular_until(n_frames))
+        return [s for s in self.starts(n_frames) if s not in regular]
+
+
+@dataclass(frozen=True)
+class EndAlignedRule:
+    """Full windows every ``hop`` plus one ending at the last frame (no padding but when short)."""
+
+    window: int
+    hop: int
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.hop < 1:
+            raise ValueError(f"window={self.window} and hop={self.hop} must be >= 1 frame")
+
+    def regular_until(self, available: int) -> list[int]:
+        """Start frames of the full windows that fit in the first ``available`` frames."""
+        if available < self.window:
+            return []
+        return list(range(0, available - self.window + 1, self.hop))
+
+    def starts(self, n_frames: int) -> list[int]:
+        """All start frames for a spectrogram of ``n_frames``."""
+        if n_frames <= self.window:
+            return [0]
+        starts = self.regular_until(n_frames)
+        if starts[-1] != n_frames - self.window:
+            starts.append(n_frames - self.window)
+        return starts
+
+    def tail(self, n_frames: int) -> list[int]:
+        """Start frames that are not regular windows (known only once ``n_frames`` is)."""
+        regular = set(self.regular_until(n_frames))
+        return [s for s in self.starts(n_frames) if s not in regular]
+
+
+WindowRule = SegmentRule | EndAlignedRule
+
+
+def seconds_to_frames(seconds: float, sample_rate: int, hop_length: int) -> int:
+    """Nearest whole number of spectrogram frames in ``seconds`` (at least 1).
+
+    >>> seconds_to_frames(5.0, 32000, 512)
+    312
+    """
+    return max(1, int(round(seconds * sample_rate / hop_length)))
+
+
+def frames_for_samples(n_samples: int, hop_length: int) -> int:
+    """Frames of a centred STFT over ``n_samples`` (``1 + n // hop``).
+
+    >>> frames_for_samples(32000, 512)
+    63
+    """
+    return 1 + n_samples // hop_length
+
+
+def window_times(
+    starts: Sequence[int],
+    window: int,
+    n_frames: int,
+    seconds_per_frame: float,
+    duration_s: float | None = None,
+) -> tuple[list[float], list[float]]:
+    """Start and end seconds of windows; ends are clipped to the spectrogram / audio end.
+
+    >>> window_times([0, 50], 100, 120, 0.01, duration_s=1.19)
+    ([0.0, 0.5], [1.0, 1.19])
+    """
+    end_limit = n_frames * seconds_per_frame
+    if duration_s is not None:
+        end_limit = min(end_limit, duration_s)
+    begins = [round(s * seconds_per_frame, 6) for s in starts]
+    ends = [round(min((s + window) * seconds_per_frame, end_limit), 6) for s in starts]
+    return begins, ends
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One species in one time span: window ``window`` (or windows ``window..last_window``)."""
+
+    start_s: float
+    end_s: float
+    species: str
+    confidence: float
+    window: int = 0
+    last_window: int | None = None
+
+
+def window_detections(
+    starts_s: Sequence[float],
+    ends_s: Sequence[float],
+    probs: Sequence[Sequence[float]],
+    classes: Sequence[str],
+    top_k: int = 1,
+    min_confidence: float = 0.0,
+    allowed: Iterable[int] | None = None,
+) -> list[Detection]:
+    """Per window, its ``top_k`` species with confidence >= ``min_confidence``.
+
+    ``allowed`` restricts the species (class indices) considered. Rows are ordered by
+    window, then by decreasing confidence (ties: class order).
+
+    >>> window_detections([0.0, 1.0], [2.0, 3.0], [[0.9, 0.1], [0.4, 0.6]], ["a", "b"])[1]
+    Detection(start_s=1.0, end_s=3.0, species='b', confidence=0.6, window=1, last_window=None)
+    """
+    idx = list(range(len(classes))) if allowed is None else sorted(set(allowed))
+    out: list[Detection] = []
+    for w, (b, e, row) in enumerate(zip(starts_s, ends_s, probs, strict=True)):
+        ranked = sorted(idx, key=lambda k: (-float(row[k]), k))[:top_k]
+        for k in ranked:
+            if float(row[k]) >= min_confidence:
+                out.append(Detection(float(b), float(e), classes[k], float(row[k]), w))
+    return out
+
+
+def merge_detections(detections: Sequence[Detection]) -> list[Detection]:
+    """Merge runs of consecutive windows that report the same species into one detection.
+
+    A merged detection spans from its first window's start to its last window's end
+    and keeps the highest confidence. Output is ordered by start time, then species.
+
+    >>> d = [Detection(0, 5, "a", 0.6, 0), Detection(2.5, 7.5, "a", 0.9, 1),
+    ...      Detection(5, 10, "b", 0.8, 2), Detection(7.5, 12.5, "a", 0.7, 3)]
+    >>> [(m.start_s, m.end_s, m.species, m.confidence) for m in merge_detections(d)]
+    [(0, 7.5, 'a', 0.9), (5, 10, 'b', 0.8), (7.5, 12.5, 'a', 0.7)]
+    """
+    by_species: dict[str, list[Detection]] = {}
+    for d in detections:
+        by_species.setdefault(d.species, []).append(d)
+    merged: list[Detection] = []
+    for species, items in by_species.items():
+        items = sorted(items, key=lambda d: d.window)
+        cur = items[0]
+        last = cur.window if cur.last_window is None else cur.last_window
+        for d in items[1:]:
+            if d.window == last + 1:
+                last = d.window if d.last_window is None else d.last_window
+                cur = Detection(
+                    cur.start_s,
+                    max(cur.end_s, d.end_s),
+                    species,
+                    max(cur.confidence, d.confidence),
+                    cur.window,
+                    last,
+                )
+            else:
+                merged.append(cur)
+                cur = d
+                last = cur.window if cur.last_window is None else cur.last_window
+        merged.append(cur)
+    return sorted(merged, key=lambda d: (d.start_s, d.window, d.species))
+
+
+def n_windows_bound(n_frames: int, window: int, hop: int) -> int:
+    """Upper bound on the number of windows over ``n_frames`` (for pre-allocation).
+
+    >>> n_windows_bound(260, 100, 50)
+    6
+    """
+    return max(1, math.ceil(max(0, n_frames - window) / hop) + 2)
