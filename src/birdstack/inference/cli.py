@@ -279,7 +279,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model_block = {
         "checkpoint": ckpt.name,
         "checkpoint_sha1": file_sha1(ckpt),
-        "model": predictor.info.model_name if predictor.info is not None else "onnx",
+        "model": predictor.model_name,
         "classes": predictor.classes,
         "window_s": round(length * spf, 6),
         "hop_s": round(table.hop * spf, 6),

@@ -346,6 +346,7 @@ class Predictor:
         scientific_names: dict[str, str] | None = None,
         runtime: str = "torch",
         batch_size: int = 32,
+        model_name: str | None = None,
     ) -> None:
         self.runner = runner
         self.classes = list(classes)
@@ -353,7 +354,9 @@ class Predictor:
         self.info = info
         self.scientific_names = dict(scientific_names or {})
         self.runtime = runtime
+        self.model_name = model_name or (info.model_name if info is not None else "unknown")
         self.batch_size = max(1, int(batch_size))
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         enc = preprocessing.encoding
         if enc.kind == "stacked" and enc.target_frames is None:
             raise BirdstackError("the checkpoint's encoding.target_frames is not resolved")
@@ -388,14 +391,17 @@ class Predictor:
         ckpt = load_checkpoint(path)
         names = scientific_names_from_checkpoint(ckpt)
         net, info = build_model_from_checkpoint(ckpt)
+        tmp = None
         if runtime == "torch":
             runner: Callable[[np.ndarray], np.ndarray] = TorchRunner(net, device)
         else:
-            if onnx_path is None:
-                tmp = Path(tempfile.mkdtemp(prefix="birdstack-onnx-"))
-                onnx_path = export_onnx(path, tmp / "model.onnx")
+            if onnx_path is None:  # exported now, removed with the predictor
+                tmp = tempfile.TemporaryDirectory(prefix="birdstack-onnx-")
+                onnx_path = export_onnx(path, Path(tmp.name) / "model.onnx")
             runner = OnnxRunner(onnx_path, threads)
-        return cls(runner, info.classes, info.preprocessing, info, names, runtime, batch_size)
+        pred = cls(runner, info.classes, info.preprocessing, info, names, runtime, batch_size)
+        pred._tmp = tmp
+        return pred
 
     @classmethod
     def from_onnx(
@@ -414,6 +420,7 @@ class Predictor:
             meta["scientific_names"],
             "onnx",
             batch_size,
+            model_name=str(meta["model"].get("name", "unknown")),
         )
 
     # ---------------------------------------------------------------- features

@@ -1,0 +1,183 @@
+"""Predictor: preprocessing from the checkpoint, recording rules, streaming, ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from birdstack.data.datamodule import BirdDataset
+from birdstack.features.audio import load_audio
+from birdstack.features.encoding import encode_stacked
+from birdstack.inference.export import export_onnx, read_onnx_metadata
+from birdstack.inference.predictor import FrameStitcher, Predictor, softmax
+from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+from birdstack.training.module import pool_by_recording
+from test_inference_helpers import (  # noqa: F401 - fixtures
+    segments_run,
+    stacked_run,
+    synthetic_song,
+    write_wav,
+)
+
+pytestmark = pytest.mark.xdist_group("inference")
+
+
+@pytest.fixture(scope="module")
+def stacked(stacked_run) -> Predictor:  # noqa: F811
+    return Predictor.from_checkpoint(stacked_run.checkpoint)
+
+
+@pytest.fixture(scope="module")
+def segments(segments_run) -> Predictor:  # noqa: F811
+    return Predictor.from_checkpoint(segments_run.checkpoint)
+
+
+def _kept(run):
+    m = run.manifest
+    return m[~m["dropped"].astype(bool)].reset_index(drop=True)
+
+
+def test_preprocessing_comes_from_the_checkpoint_and_features_match_training(
+    stacked,
+    stacked_run,  # noqa: F811
+):
+    info = load_checkpoint(stacked_run.checkpoint)["birdstack"]
+    assert stacked.classes == info["classes"]
+    assert (
+        stacked.preprocessing.encoding.target_frames
+        == (info["preprocessing"]["encoding"]["target_frames"])
+    )
+    row = _kept(stacked_run).iloc[0]
+    wave = load_audio(row["path"], stacked.preprocessing.audio.sample_rate)
+    cached = np.load(row["cache_file"])
+    np.testing.assert_allclose(stacked.features(wave), cached, rtol=0, atol=1e-4)
+
+
+def test_segments_recording_probs_equal_validation_pooling(segments, segments_run):  # noqa: F811
+    """The documented recording rule is exactly what validation reports as val/rec_*."""
+    val = _kept(segments_run)
+    val = val[val["split"] == "val"].reset_index(drop=True)
+    assert len(val) >= 2
+    ds = BirdDataset(val, segments.preprocessing)
+    net, _ = build_model_from_checkpoint(load_checkpoint(segments_run.checkpoint))
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    with torch.inference_mode():
+        probs = net(xs).softmax(-1)
+    recs = torch.from_numpy(ds.item_recordings)
+    pooled, _ = pool_by_recording(probs, recs, torch.zeros_like(recs))
+    ours = np.stack([segments.recording_probs(np.load(f)) for f in val["cache_file"]])
+    np.testing.assert_allclose(ours, pooled.numpy(), rtol=0, atol=1e-6)
+    assert np.ptp(ours, axis=0).max() > 1e-3  # the recordings are told apart at all
+
+
+def test_stacked_recording_rule_short_padded_long_windowed(stacked, stacked_run):  # noqa: F811
+    pre = stacked.preprocessing
+    t, c, top = pre.encoding.target_frames, pre.encoding.channels, pre.spectrogram.top_db
+    net, _ = build_model_from_checkpoint(load_checkpoint(stacked_run.checkpoint))
+
+    def direct(xs: list[np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(np.stack(xs))).softmax(-1).numpy()
+
+    db = np.load(_kept(stacked_run).iloc[0]["cache_file"])
+    short = db[:, : t - 37]  # shorter than the target: padded at the end, scored once
+    np.testing.assert_allclose(
+        stacked.recording_probs(short), direct([encode_stacked(short, t, c, top)])[0], atol=1e-6
+    )
+    long = np.concatenate([db, db[:, ::-1], db], axis=1)[:, : 2 * t + t // 3]
+    n = long.shape[1]
+    starts = list(range(0, n - t + 1, t // 2))
+    starts.append(n - t)  # one aligned to the end so the tail is covered
+    expected = direct([encode_stacked(long[:, s : s + t], t, c, top) for s in starts]).mean(0)
+    np.testing.assert_allclose(stacked.recording_probs(long), expected, atol=1e-6)
+
+
+def test_window_probs_default_is_the_model_span_with_half_overlap(stacked):
+    pre = stacked.preprocessing
+    t = pre.input_frames()
+    spf = pre.spectrogram.hop_length / pre.audio.sample_rate
+    db = np.random.default_rng(0).normal(-40, 10, size=(pre.spectrogram.n_mels, 3 * t + 5))
+    starts, ends, probs = stacked.window_probs(db.astype(np.float32))
+    half = t // 2
+    assert np.allclose(starts, np.arange(len(starts)) * half * spf)
+    assert ends[0] == pytest.approx(pre.input_seconds())
+    assert ends[-1] == pytest.approx((3 * t + 5) * spf)  # last partial window, clipped
+    assert probs.shape == (len(starts), len(stacked.classes))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    s2, e2, p2 = stacked.window_probs(db.astype(np.float32), window_s=3.0, hop_s=1.0)
+    assert np.allclose(np.diff(s2), 1.0, atol=spf) and e2[0] == pytest.approx(3.0, abs=spf)
+
+
+def test_frame_stitcher_equals_one_shot_log_mel(stacked):
+    wave = synthetic_song(20.0, seed=1)
+    whole = stacked.features(wave)
+    st = FrameStitcher(stacked.features, 2048, 512, min_frames=1)
+    cuts = [0, 1, 700, 5000, 5001, 77777, 200000, 320000, wave.size]
+    parts = [st.push(wave[a:b]) for a, b in zip(cuts, cuts[1:])] + [st.finish()]
+    stitched = np.concatenate([p for p in parts if p is not None], axis=1)
+    assert stitched.shape == whole.shape
+    np.testing.assert_allclose(stitched, whole, rtol=0, atol=1e-3)
+
+
+def test_streamed_file_gives_the_same_windows_as_in_memory(segments, tmp_path):
+    """A multi-block file (blocks not aligned to frames or windows) is scored identically."""
+    wave = synthetic_song(47.3, seed=2)
+    path = write_wav(tmp_path / "long.wav", wave, 32000)
+    mem = segments.predict(load_audio(path, 32000))
+    for block_s in (3.7, 11.0, 60.0):
+        streamed = segments.predict(path, block_s=block_s)
+        np.testing.assert_array_equal(streamed.starts_s, mem.starts_s)
+        np.testing.assert_array_equal(streamed.ends_s, mem.ends_s)
+        np.testing.assert_allclose(streamed.window_probs, mem.window_probs, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(streamed.probs, mem.probs, rtol=0, atol=1e-5)
+    assert mem.duration_s == pytest.approx(47.3, abs=1e-4)
+    assert mem.ends_s[-1] == pytest.approx(47.3, abs=1e-4)
+    assert len(mem.starts_s) == int((47.3 - 5.0) // 2.5) + 1 + 1  # full windows + partial
+
+
+def test_waveform_input_stereo_and_other_rates(segments):
+    wave = synthetic_song(8.0, seed=3)
+    mono = segments.predict(wave)
+    stereo = segments.predict(np.stack([wave, wave]))  # [channels, samples]
+    np.testing.assert_allclose(stereo.window_probs, mono.window_probs, atol=1e-6)
+    import soxr
+
+    at48 = soxr.resample(wave, 32000, 48000)
+    other = segments.predict(at48, sample_rate=48000)
+    np.testing.assert_array_equal(other.starts_s, mono.starts_s)
+    np.testing.assert_allclose(other.probs, mono.probs, atol=0.02)
+
+
+def test_onnx_export_is_self_describing_and_matches_torch(stacked, stacked_run, tmp_path, demo_dir):  # noqa: F811
+    onnx_path = export_onnx(stacked_run.checkpoint, tmp_path / "model.onnx")
+    meta = read_onnx_metadata(onnx_path)
+    assert meta["classes"] == stacked.classes
+    assert meta["preprocessing"] == stacked.preprocessing
+    ort_pred = Predictor.from_onnx(onnx_path, threads=1, batch_size=5)
+    files = sorted(demo_dir.glob("train_audio/*/*.ogg"))[::8]
+    diffs = []
+    for f in files:
+        a, b = stacked.predict(f), ort_pred.predict(f)
+        np.testing.assert_array_equal(a.starts_s, b.starts_s)
+        diffs.append(np.abs(a.window_probs - b.window_probs).max())
+        diffs.append(np.abs(a.probs - b.probs).max())
+    assert max(diffs) < 1e-4, f"ONNX vs PyTorch max abs diff {max(diffs):.2e}"
+    x = np.random.default_rng(0).random((3, *stacked.preprocessing.input_shape()), np.float32)
+    np.testing.assert_allclose(
+        softmax(ort_pred.logits(x)), softmax(stacked.logits(x)), rtol=0, atol=1e-4
+    )
+
+
+def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    from birdstack.utils import BadInputError
+
+    with pytest.raises(BadInputError, match="not found"):
+        Predictor.from_checkpoint(tmp_path / "nope.ckpt")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(BadInputError, match="bad.onnx"):
+        Predictor.from_onnx(bad)
+    assert Path(bad).exists()

@@ -1,0 +1,92 @@
+"""Window arithmetic of inference: starts, tails, times, detections and merging (no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from birdstack.features.encoding import segment_starts
+from birdstack.inference.windows import (
+    Detection,
+    EndAlignedRule,
+    SegmentRule,
+    merge_detections,
+    seconds_to_frames,
+    window_detections,
+    window_times,
+)
+
+
+def test_segment_rule_is_the_training_rule_with_overlap_and_partial_last_window():
+    r = SegmentRule(window=100, hop=50, min_last=0.5)
+    assert r.starts(260) == [0, 50, 100, 150, 200]  # 200..260: 60 frames >= 50 -> kept
+    assert r.starts(240) == [0, 50, 100, 150]  # tail of 40 frames: already covered
+    assert r.starts(40) == [0]  # shorter than a window: one padded window
+    assert SegmentRule(100, 100, 0.5).starts(349) == [0, 100, 200]  # 49 < 50: dropped
+    assert SegmentRule(100, 100, 0.5).starts(350) == [0, 100, 200, 300]
+    for n in range(1, 700, 7):
+        for w, h, m in ((100, 50, 0.5), (313, 313, 0.5), (64, 30, 0.25)):
+            assert SegmentRule(w, h, m).starts(n) == segment_starts(n, w, h, m)
+
+
+def test_end_aligned_rule_covers_the_tail_without_padding():
+    r = EndAlignedRule(window=100, hop=50)
+    assert r.starts(100) == [0]
+    assert r.starts(60) == [0]  # short: scored once (padded by the encoder)
+    assert r.starts(150) == [0, 50]  # the last regular window already ends at the end
+    assert r.starts(260) == [0, 50, 100, 150, 160]
+    for n in range(101, 1000, 13):
+        starts = r.starts(n)
+        assert starts[-1] + 100 == n and all(s + 100 <= n for s in starts)
+        assert all(b - a <= 50 for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.parametrize(
+    "rule", [SegmentRule(100, 50, 0.5), SegmentRule(90, 90, 0.3), EndAlignedRule(100, 50)]
+)
+def test_regular_and_tail_windows_partition_all_windows(rule):
+    """Streaming emits regular windows as frames arrive and the tail at the end: same set."""
+    for n in range(1, 600, 11):
+        regular = rule.regular_until(n)
+        assert all(s + rule.window <= n for s in regular)
+        assert sorted(set(regular) | set(rule.tail(n))) == rule.starts(n)
+        # regular windows found with fewer frames stay regular windows later
+        assert set(rule.regular_until(n // 2)) <= set(regular)
+
+
+def test_window_times_clip_the_last_window_to_the_audio():
+    spf = 512 / 32000
+    starts = SegmentRule(312, 156, 0.5).starts(1000)
+    b, e = window_times(starts, 312, 1000, spf, duration_s=15.98)
+    assert b[:3] == [0.0, 2.496, 4.992]
+    assert e[0] == pytest.approx(312 * spf)
+    assert e[-1] == 15.98 and b[-1] == pytest.approx(starts[-1] * spf)
+    assert seconds_to_frames(5.0, 32000, 512) == 312
+    assert seconds_to_frames(0.001, 32000, 512) == 1
+
+
+def test_detections_top_k_threshold_and_species_subset():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    d = window_detections([0, 5], [5, 10], probs, ["a", "b", "c"], top_k=2, min_confidence=0.25)
+    assert [(x.window, x.species) for x in d] == [(0, "a"), (1, "c"), (1, "b")]
+    d = window_detections([0, 5], [5, 10], probs, ["a", "b", "c"], top_k=1, allowed=[1])
+    assert [(x.window, x.species, x.confidence) for x in d] == [(0, "b", 0.2), (1, "b", 0.3)]
+
+
+def test_merge_joins_only_consecutive_windows_of_one_species():
+    d = [
+        Detection(0.0, 5.0, "a", 0.6, 0),
+        Detection(2.5, 7.5, "a", 0.9, 1),
+        Detection(5.0, 10.0, "a", 0.5, 2),
+        Detection(7.5, 12.5, "b", 0.8, 3),
+        Detection(10.0, 15.0, "a", 0.7, 4),  # window 3 had no "a": a new detection
+    ]
+    m = merge_detections(d)
+    assert [(x.start_s, x.end_s, x.species, x.confidence) for x in m] == [
+        (0.0, 10.0, "a", 0.9),
+        (7.5, 12.5, "b", 0.8),
+        (10.0, 15.0, "a", 0.7),
+    ]
+    assert (m[0].window, m[0].last_window) == (0, 2)
+    assert merge_detections(m) == m  # merging is idempotent
+    assert merge_detections([]) == []
