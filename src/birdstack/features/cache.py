@@ -1,0 +1,460 @@
+"""Content-addressed cache of log-mel spectrograms.
+
+Each recording's dB spectrogram (float32 ``[n_mels, frames]``, see
+:func:`birdstack.features.mel.compute_logmel`) is stored once per audio content and
+feature settings::
+
+    <root>/<settings_hash>/<sha1[:2]>/<sha1>.npy    the spectrogram
+    <root>/<settings_hash>/<sha1[:2]>/<sha1>.json   samples, duration, frames (or the error)
+    <root>/<settings_hash>/settings.json            what the settings hash stands for
+
+``sha1`` is the SHA-1 of the audio file's bytes, so renamed or copied files hit the
+cache and a file whose content changes misses it. ``settings_hash`` covers the
+audio and spectrogram settings that change the stored values (``top_db`` does not:
+it is applied per model input) and :data:`FEATURE_VERSION`.
+
+Both files are written atomically, the ``.json`` last: an entry exists once its
+``.json`` does, so a run killed at any moment leaves finished entries intact and
+the next run computes only the rest. A damaged ``.npy`` (e.g. truncated by a full
+disk) is detected and recomputed. Files that cannot be decoded are remembered too
+(their ``.json`` holds the reason), so they are not decoded again::
+
+    >>> import tempfile, pathlib, numpy as np, soundfile as sf
+    >>> from birdstack.config import AudioConfig, SpectrogramConfig
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> sf.write(tmp / "a.wav", np.zeros(32000, "float32"), 32000)
+    >>> cache = FeatureCache(tmp / "cache", AudioConfig(), SpectrogramConfig())
+    >>> res = cache.compute_many([tmp / "a.wav"], workers=1, progress=False)
+    >>> res[tmp / "a.wav"].frames, res.n_computed
+    (63, 1)
+    >>> cache.compute_many([tmp / "a.wav"], workers=1, progress=False).n_computed
+    0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from birdstack.config import AudioConfig, SpectrogramConfig
+from birdstack.utils import (
+    BadInputError,
+    atomic_path,
+    atomic_write_json,
+    file_sha1,
+    get_logger,
+    stable_hash,
+)
+
+# Bump when the way features are computed changes: old entries are then ignored.
+FEATURE_VERSION = 1
+# Spectrogram settings that do not change the cached dB values.
+_NOT_IN_KEY = frozenset({"top_db"})
+# Files longer than this are decoded and transformed block by block (bounded memory).
+STREAM_ABOVE_S = 600.0
+
+log = get_logger("features.cache")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """The cache's answer for one audio file: where its features are, or why there are none."""
+
+    path: Path
+    cache_file: Path | None = None
+    frames: int = 0
+    samples: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+    computed: bool = False  # computed by this call (False: found in the cache)
+
+    @property
+    def ok(self) -> bool:
+        """True when the features are available."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """Per-path entries of :meth:`FeatureCache.compute_many`, in the order given.
+
+    Index by position or by path: ``result[path].cache_file``.
+    """
+
+    entries: tuple[CacheEntry, ...]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[CacheEntry]:
+        return iter(self.entries)
+
+    def __getitem__(self, key: int | str | os.PathLike[str]) -> CacheEntry:
+        if isinstance(key, int):
+            return self.entries[key]
+        wanted = Path(key)
+        for e in self.entries:
+            if e.path == wanted:
+                return e
+        raise KeyError(str(key))
+
+    @property
+    def n_computed(self) -> int:
+        """Files decoded by this call (including those that failed)."""
+        return sum(e.computed for e in self.entries)
+
+    @property
+    def n_reused(self) -> int:
+        """Files answered from the cache."""
+        return sum(not e.computed for e in self.entries)
+
+    @property
+    def failed(self) -> list[CacheEntry]:
+        """Entries without features (``error`` says why)."""
+        return [e for e in self.entries if e.error is not None]
+
+    @property
+    def ok(self) -> list[CacheEntry]:
+        """Entries with features."""
+        return [e for e in self.entries if e.error is None]
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def _key_settings(audio: AudioConfig, spec: SpectrogramConfig) -> dict[str, Any]:
+    spec_d = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_IN_KEY}
+    return {
+        "feature_version": FEATURE_VERSION,
+        "audio": dataclasses.asdict(audio),
+        "spectrogram": spec_d,
+    }
+
+
+def _npy_bytes(db: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(db, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _compute_features(
+    path: Path, audio: AudioConfig, spec: SpectrogramConfig
+) -> tuple[np.ndarray, int]:
+    """Decode ``path`` and compute its dB spectrogram; returns ``(db, samples)``."""
+    import torch
+
+    from birdstack.features.audio import audio_info, load_audio, stream_audio
+    from birdstack.features.mel import LogMel
+
+    sr = audio.sample_rate
+    mel = LogMel(spec, sr)
+    with torch.no_grad():
+        if audio_info(path).duration_s > STREAM_ABOVE_S:
+            n = [0]
+
+            def counted() -> Iterator[np.ndarray]:
+                for block in stream_audio(path, sr, block_s=60.0):
+                    n[0] += block.size
+                    yield block
+
+            db = mel.stream(counted()).numpy()
+            samples = n[0]
+        else:
+            wave = load_audio(path, sr)
+            samples = wave.size
+            db = mel(torch.from_numpy(wave)).numpy()
+    return np.ascontiguousarray(db, dtype=np.float32), samples
+
+
+def _write_entry(
+    npy: Path, meta_path: Path, db: np.ndarray | None, meta: dict[str, Any]
+) -> dict[str, Any]:
+    if db is not None:
+        data = _npy_bytes(db)
+        meta = {**meta, "npy_bytes": len(data)}
+        with atomic_path(npy) as tmp:
+            tmp.write_bytes(data)
+    atomic_write_json(meta_path, meta)
+    return meta
+
+
+def _work(
+    path: str, sha: str, npy: str, meta_path: str, audio: AudioConfig, spec: SpectrogramConfig
+) -> dict[str, Any]:
+    """Compute one entry and write it; returns its metadata (runs in a worker process)."""
+    meta: dict[str, Any] = {"sha1": sha, "source": Path(path).name}
+    try:
+        db, samples = _compute_features(Path(path), audio, spec)
+    except BadInputError as e:
+        return _write_entry(Path(npy), Path(meta_path), None, {**meta, "error": e.reason})
+    meta.update(
+        samples=int(samples),
+        sample_rate=audio.sample_rate,
+        duration_s=samples / audio.sample_rate,
+        n_mels=int(db.shape[0]),
+        frames=int(db.shape[1]),
+    )
+    return _write_entry(Path(npy), Path(meta_path), db, meta)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Compute features with one intra-op thread (restored afterwards).
+
+    The log-mel works on small chunks of frames; splitting each across threads
+    costs more than it gains (7x slower with 2 threads on 2 busy cores), so
+    parallelism comes from processes instead.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    # fork is cheap (torch is already imported) and safe here: workers only use
+    # torch with one intra-op thread, like torch's own DataLoader workers.
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def default_workers() -> int:
+    """CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class FeatureCache:
+    """Log-mel features of audio files, computed once per content and settings."""
+
+    def __init__(self, root: str | os.PathLike[str], audio: AudioConfig, spec: SpectrogramConfig):
+        self.root = Path(root)
+        self.audio = audio
+        self.spec = spec
+        self.settings = _key_settings(audio, spec)
+        self.settings_hash = stable_hash(self.settings)
+        self.dir = self.root / self.settings_hash
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.dir)!r})"
+
+    # ---- locations
+    def _files(self, sha: str) -> tuple[Path, Path]:
+        d = self.dir / sha[:2]
+        return d / f"{sha}.npy", d / f"{sha}.json"
+
+    @staticmethod
+    def _sha(path: Path) -> str:
+        try:
+            return file_sha1(path)
+        except FileNotFoundError:
+            raise BadInputError(path, "file not found") from None
+        except IsADirectoryError:
+            raise BadInputError(path, "is a directory, not an audio file") from None
+        except OSError as e:
+            raise BadInputError(path, f"cannot be read ({e.strerror or e})") from None
+
+    def path_for(self, path: str | os.PathLike[str]) -> Path:
+        """Where the features of ``path`` are (or will be) stored."""
+        return self._files(self._sha(Path(path)))[0]
+
+    def _write_settings(self) -> None:
+        f = self.dir / "settings.json"
+        if not f.exists():
+            atomic_write_json(f, self.settings)
+
+    # ---- reading
+    def _read_meta(self, sha: str) -> dict[str, Any] | None:
+        """The entry's metadata when the entry looks complete, else ``None``."""
+        npy, meta_path = self._files(sha)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("sha1") != sha:
+            return None
+        if "error" in meta:
+            return meta
+        try:
+            if npy.stat().st_size != meta["npy_bytes"]:
+                return None
+        except (OSError, KeyError, TypeError):
+            return None
+        return meta
+
+    def _load_npy(self, sha: str, meta: dict[str, Any]) -> np.ndarray | None:
+        npy, _ = self._files(sha)
+        try:
+            with open(npy, "rb") as fh:
+                db = np.load(fh, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if (
+            db.dtype != np.float32
+            or db.shape != (meta.get("n_mels"), meta.get("frames"))
+            or not np.isfinite(db).all()
+        ):
+            return None
+        return db
+
+    def _entry(self, path: Path, sha: str, meta: dict[str, Any], computed: bool) -> CacheEntry:
+        if "error" in meta:
+            error = str(BadInputError(path, meta["error"]))
+            return CacheEntry(path, error=error, computed=computed)
+        return CacheEntry(
+            path,
+            cache_file=self._files(sha)[0],
+            frames=int(meta["frames"]),
+            samples=int(meta["samples"]),
+            duration_s=float(meta["duration_s"]),
+            computed=computed,
+        )
+
+    def get(self, path: str | os.PathLike[str]) -> np.ndarray | None:
+        """The cached dB spectrogram ``[n_mels, frames]`` of ``path``, or ``None`` if absent.
+
+        A damaged cache file counts as absent.
+        """
+        sha = self._sha(Path(path))
+        meta = self._read_meta(sha)
+        if meta is None or "error" in meta:
+            return None
+        return self._load_npy(sha, meta)
+
+    def entry(self, path: str | os.PathLike[str]) -> CacheEntry | None:
+        """Samples, duration and frames of a cached file without loading it (``None``: absent)."""
+        path = Path(path)
+        sha = self._sha(path)
+        meta = self._read_meta(sha)
+        return None if meta is None else self._entry(path, sha, meta, computed=False)
+
+    def load(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The dB spectrogram of ``path``, computed and stored first when needed.
+
+        Raises :class:`BadInputError` when the file cannot be decoded.
+        """
+        path = Path(path)
+        sha = self._sha(path)
+        meta = self._read_meta(sha)
+        if meta is not None and "error" not in meta:
+            db = self._load_npy(sha, meta)
+            if db is not None:
+                return db
+            log.warning("damaged cache entry for %s; recomputing", path)
+        if meta is None or "error" not in meta:
+            self._write_settings()
+            with _one_torch_thread():
+                meta = _work(str(path), sha, *map(str, self._files(sha)), self.audio, self.spec)
+        if "error" in meta:
+            raise BadInputError(path, meta["error"])
+        db = self._load_npy(sha, meta)
+        if db is None:  # pragma: no cover - the file was just written
+            raise OSError(f"{self._files(sha)[0]}: cache file unreadable right after writing")
+        return db
+
+    # ---- many files
+    def compute_many(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        workers: int = 0,
+        progress: bool = True,
+    ) -> CacheResult:
+        """Make sure every file has features; compute the missing ones in parallel.
+
+        ``workers``: processes (0: all CPUs; 1: in this process). Files already in
+        the cache are not decoded again (``result.n_computed`` counts the ones that
+        were); identical contents are computed once. Unreadable files get an entry
+        whose ``error`` is the :class:`BadInputError` message.
+        """
+        paths = [Path(p) for p in paths]
+        found: dict[int, CacheEntry] = {}
+        todo: dict[str, list[int]] = {}  # sha1 -> indices of the paths holding it
+        for i, p in enumerate(paths):
+            try:
+                sha = self._sha(p)
+            except BadInputError as e:
+                found[i] = CacheEntry(p, error=str(e))
+                continue
+            if sha in todo:
+                todo[sha].append(i)
+                continue
+            meta = self._read_meta(sha)
+            if meta is None:
+                todo[sha] = [i]
+            else:
+                found[i] = self._entry(p, sha, meta, computed=False)
+        results = self._run(paths, todo, workers, progress)
+        for sha, idx in todo.items():
+            meta = results[sha]
+            for k, i in enumerate(idx):
+                found[i] = self._entry(paths[i], sha, meta, computed=k == 0)
+        return CacheResult(tuple(found[i] for i in range(len(paths))))
+
+    def _run(
+        self, paths: list[Path], todo: dict[str, list[int]], workers: int, progress: bool
+    ) -> dict[str, dict[str, Any]]:
+        """Compute the entries in ``todo``; returns their metadata by sha1."""
+        if not todo:
+            return {}
+        from tqdm.auto import tqdm
+
+        self._write_settings()
+        jobs = {
+            sha: (str(paths[idx[0]]), sha, *map(str, self._files(sha)), self.audio, self.spec)
+            for sha, idx in todo.items()
+        }
+        n_proc = min(workers or default_workers(), len(jobs))
+        out: dict[str, dict[str, Any]] = {}
+        bar = tqdm(total=len(jobs), desc="features", unit="file", disable=not progress)
+        try:
+            if n_proc <= 1:
+                with _one_torch_thread():
+                    for sha, args in jobs.items():
+                        out[sha] = _work(*args)
+                        bar.update()
+            else:
+                with ProcessPoolExecutor(
+                    n_proc, mp_context=_mp_context(), initializer=_init_worker
+                ) as pool:
+                    futures = {pool.submit(_work, *args): sha for sha, args in jobs.items()}
+                    try:
+                        for fut in as_completed(futures):
+                            out[futures[fut]] = fut.result()
+                            bar.update()
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
+        finally:
+            bar.close()
+        n_bad = sum("error" in m for m in out.values())
+        log.info("computed features of %d file(s), %d unreadable", len(out), n_bad)
+        return out
