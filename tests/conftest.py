@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two xdist workers on two cores: one intra-op thread each avoids oversubscription
+    import torch
+
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "birds-demo"
 
@@ -31,4 +37,3 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("BIRDSTACK_CACHE", str(root / "default-cache"))
     monkeypatch.setenv("TORCH_HOME", str(root / "torch-home"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")

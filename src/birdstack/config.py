@@ -152,11 +152,7 @@ class Preprocessing:
 
     def input_seconds(self) -> float:
         """Seconds of audio covered by one model input."""
-        return (
-            self.input_frames()
-            * self.spectrogram.hop_length
-            / self.audio.sample_rate
-        )
+        return self.input_frames() * self.spectrogram.hop_length / self.audio.sample_rate
 
     def input_shape(self) -> tuple[int, int, int]:
         """``(channels, n_mels, frames)`` of one model input."""
@@ -199,9 +195,7 @@ class DataConfig:
         if self.n_folds < 2:
             raise ConfigError(f"data.n_folds={self.n_folds} must be >= 2")
         if not 0 <= self.val_fold < self.n_folds:
-            raise ConfigError(
-                f"data.val_fold={self.val_fold} must be in [0, {self.n_folds - 1}]"
-            )
+            raise ConfigError(f"data.val_fold={self.val_fold} must be in [0, {self.n_folds - 1}]")
         if self.single_session not in ("split", "drop", "error"):
             raise ConfigError(
                 f"data.single_session={self.single_session!r}: use 'split', 'drop' or 'error'"
@@ -415,7 +409,7 @@ def deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml_with_base(path: Path) -> dict[str, Any]:
-    """Load a config YAML; a top-level ``base: other.yaml`` (relative to the file) is merged under it."""
+    """Load a config YAML; a top-level ``base: other.yaml`` (relative to it) is merged under it."""
     data = load_yaml(path)
     base = data.pop("base", None)
     if base is not None:

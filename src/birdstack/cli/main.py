@@ -1,0 +1,348 @@
+"""The ``birdstack`` command.
+
+    birdstack prepare  --data DIR --top-k 6 --out OUT      ingest, select, cache features, split
+    birdstack train    --data DIR --model mobilenet_compact --out RUN [--config X.yaml] [--set k=v]
+    birdstack evaluate CKPT --data DIR [--out DIR]
+    birdstack predict  CKPT PATH... --out DIR [--format csv raven json]
+    birdstack export   CKPT --onnx OUT.onnx
+    birdstack sweep    EXPERIMENT.yaml [--out DIR]
+    birdstack models                                        list registered models
+    birdstack demo     --out DIR                             the whole pipeline on the embedded data
+
+Exit codes: 0 done; 1 failed; 2 bad options or configuration; 3 finished, but some
+input files were skipped and ``--on-error skip`` was not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from birdstack import __version__
+from birdstack.config import Config, ConfigError
+from birdstack.utils import BirdstackError, get_logger
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_SKIPPED = 0, 1, 2, 3
+
+log = get_logger("cli")
+
+
+@dataclass(frozen=True)
+class Opt:
+    """A CLI flag that sets one dotted config key."""
+
+    flag: str
+    key: str
+    type: Callable[[str], Any] | None = str
+    help: str = ""
+    action: str | None = None
+    const: Any = None
+
+
+def _csv(s: str) -> list[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+DATA_OPTS = [
+    Opt(
+        "--data",
+        "data.path",
+        help="BirdCLEF-style folder (train_metadata.csv) or folder-per-species",
+    ),
+    Opt("--top-k", "data.top_k", int, "keep the K species with most recordings (study: 6)"),
+    Opt(
+        "--species",
+        "data.species",
+        _csv,
+        "explicit comma-separated species list (overrides --top-k)",
+    ),
+    Opt("--min-recordings", "data.min_recordings", int, "only species with at least this many"),
+    Opt(
+        "--keep-secondary",
+        "data.drop_secondary",
+        None,
+        "keep recordings whose secondary labels name a kept species (the study drops them)",
+        "store_const",
+        False,
+    ),
+    Opt(
+        "--no-balance",
+        "data.balance",
+        None,
+        "do not cap classes at the smallest class count",
+        "store_const",
+        False,
+    ),
+    Opt("--folds", "data.n_folds", int, "number of session-grouped folds (default 5)"),
+    Opt("--val-fold", "data.val_fold", int, "which fold is the validation set (default 0)"),
+    Opt(
+        "--single-session",
+        "data.single_session",
+        str,
+        "classes recorded in one session only: split (by file, with a warning) | drop | error",
+    ),
+    Opt("--seed", "data.seed", int, "seed for balancing and splits"),
+    Opt("--cache-dir", "data.cache_dir", str, "feature cache folder (default ~/.cache/birdstack)"),
+    Opt("--workers", "data.workers", int, "decoding processes (0 = all cores)"),
+    Opt("--sample-rate", "preprocessing.audio.sample_rate", int, "resample to this rate (32000)"),
+    Opt("--n-mels", "preprocessing.spectrogram.n_mels", int, "mel bands (128)"),
+    Opt("--encoding", "preprocessing.encoding.kind", str, "stacked (the study's) | segments"),
+    Opt(
+        "--channels",
+        "preprocessing.encoding.channels",
+        int,
+        "stacked: time segments as channels (10)",
+    ),
+    Opt(
+        "--trim-factor",
+        "preprocessing.encoding.trim_factor",
+        float,
+        "stacked: scale of the mean class length used as target (0.8)",
+    ),
+    Opt(
+        "--target-frames",
+        "preprocessing.encoding.target_frames",
+        int,
+        "stacked: fix the target length instead of the rule",
+    ),
+    Opt(
+        "--short",
+        "preprocessing.encoding.short",
+        str,
+        "stacked: recordings shorter than the target: drop | pad",
+    ),
+    Opt("--window-s", "preprocessing.encoding.window_s", float, "segments: window length (5 s)"),
+    Opt("--hop-s", "preprocessing.encoding.hop_s", float, "segments: hop between windows (5 s)"),
+]
+
+TRAIN_OPTS = [
+    Opt("--model", "model.name", str, "registered model name (birdstack models)"),
+    Opt(
+        "--pretrained", "model.pretrained", None, "start from ImageNet weights", "store_const", True
+    ),
+    Opt("--weights", "model.weights", str, "local ImageNet state_dict file (implies --pretrained)"),
+    Opt("--adapt", "model.adapt", str, "first-layer adaptation: mean | mean_scaled | copy_random"),
+    Opt("--optimizer", "optim.name", str, "adam | adamw | rmsprop | adagrad | sgd"),
+    Opt("--lr", "optim.lr", float, "learning rate (0.001)"),
+    Opt("--weight-decay", "optim.weight_decay", float, "weight decay (0.0001)"),
+    Opt("--scheduler", "optim.scheduler", str, "none | cosine"),
+    Opt("--epochs", "trainer.epochs", int, "epochs (20)"),
+    Opt("--batch-size", "trainer.batch_size", int, "batch size (16)"),
+    Opt("--train-seed", "trainer.seed", int, "seed of initialisation and shuffling"),
+    Opt("--accelerator", "trainer.accelerator", str, "auto | cpu | gpu"),
+    Opt("--devices", "trainer.devices", str, "devices per node (auto, 1, 2, ...)"),
+    Opt("--strategy", "trainer.strategy", str, "auto | ddp | ddp_spawn | ..."),
+    Opt("--num-nodes", "trainer.num_nodes", int, "nodes for multi-node DDP"),
+    Opt("--precision", "trainer.precision", str, "32-true | 16-mixed | bf16-mixed"),
+    Opt("--early-stopping", "trainer.early_stopping_patience", int, "patience in epochs (off)"),
+    Opt("--out", "out_dir", str, "run folder"),
+]
+
+
+def _add_opts(p: argparse.ArgumentParser, opts: Sequence[Opt]) -> None:
+    for o in opts:
+        dest = "opt__" + o.key.replace(".", "__")
+        if o.action == "store_const":
+            p.add_argument(o.flag, dest=dest, action="store_const", const=o.const, help=o.help)
+        else:
+            p.add_argument(o.flag, dest=dest, type=o.type, default=None, help=o.help)
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """Config from ``--config`` YAML, then flags, then ``--set key=value`` overrides."""
+    cfg = base or Config()
+    if getattr(args, "config", None):
+        cfg = Config.from_yaml(args.config)
+    flags: dict[str, Any] = {}
+    for name, value in vars(args).items():
+        if name.startswith("opt__") and value is not None:
+            flags[name[5:].replace("__", ".")] = value
+    if flags.get("model.weights"):
+        flags["model.pretrained"] = True
+    cfg = cfg.override(flags)
+    return cfg.override(list(getattr(args, "set", None) or []))
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False)
+
+
+def _skip_exit(n_skipped: int, args: argparse.Namespace) -> int:
+    if n_skipped and getattr(args, "on_error", "fail") != "skip":
+        log.error(
+            "%d input file(s) were skipped; the rest was processed. Pass --on-error skip to "
+            "accept skipped files (exit code 0).",
+            n_skipped,
+        )
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from birdstack.data.prepare import prepare
+
+    cfg = config_from_args(args)
+    out = Path(args.out_prepare or Path(cfg.out_dir) / "data")
+    prepared = prepare(cfg.data, cfg.preprocessing, out, progress=_progress(args))
+    print(f"manifest: {out / 'manifest.csv'}")
+    return _skip_exit(len(prepared.skipped), args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from birdstack.training.train import train
+
+    cfg = config_from_args(args)
+    cfg = cfg.override({"trainer.progress": _progress(args)})
+    result = train(cfg, resume=args.resume)
+    b = result.best
+    print(
+        f"best epoch {int(b.get('epoch', -1)) + 1}: val/acc {b.get('val/acc', float('nan')):.3f}  "
+        f"val/f1_macro {b.get('val/f1_macro', float('nan')):.3f}  "
+        f"val/loss {b.get('val/loss', float('nan')):.3f}  ({result.wall_time_s:.0f} s)"
+    )
+    print(f"checkpoint: {result.best_checkpoint}\nrun folder: {result.run_dir}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from birdstack.models import list_models
+
+    for name in list_models():
+        print(name)
+    return EXIT_OK
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="birdstack",
+        description="Bird species classification from whole-recording mel spectrograms.",
+    )
+    parser.add_argument("--version", action="version", version=f"birdstack {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--on-error",
+            choices=("fail", "skip"),
+            default="fail",
+            help="unreadable input files: 'fail' (default) finishes the rest, then exits 3; "
+            "'skip' accepts them (exit 0)",
+        )
+
+    p = sub.add_parser("prepare", help="ingest data, apply the selection rules, cache features")
+    _add_opts(p, DATA_OPTS)
+    p.add_argument("--config", help="YAML config (see experiments/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--out", dest="out_prepare", help="output folder for manifest.csv")
+    common(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model (Lightning)")
+    _add_opts(p, DATA_OPTS + TRAIN_OPTS)
+    p.add_argument("--config", help="YAML config (see experiments/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(func=cmd_models)
+
+    for name, module, helptext in (
+        ("evaluate", "birdstack.evaluation.cli", "evaluate a checkpoint on labelled data"),
+        ("predict", "birdstack.inference.cli", "predict species in recordings / soundscapes"),
+        ("export", "birdstack.inference.cli", "export a checkpoint to ONNX"),
+        ("sweep", "birdstack.evaluation.cli", "run an experiment grid (resumable)"),
+        ("demo", "birdstack.evaluation.cli", "the whole pipeline on the embedded demo data"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        mod = __import__(module, fromlist=["add_arguments"]) if _importable(module) else None
+        if mod is not None and hasattr(mod, f"add_{name}_arguments"):
+            getattr(mod, f"add_{name}_arguments")(p)
+            common(p)
+            p.set_defaults(func=_lazy(module, f"cmd_{name}"))
+        else:
+            p.set_defaults(func=lambda a, n=name: _not_available(n))
+    return parser
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _not_available(name: str) -> int:
+    log.error("'birdstack %s' is not available in this build", name)
+    return EXIT_FAIL
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False, markup=False)],
+        force=True,
+    )
+    quiet_lightning()
+
+
+def quiet_lightning() -> None:
+    """Lightning's INFO lines (GPU available, tips) go to WARNING; one handler (ours) prints."""
+    import warnings
+
+    import lightning  # noqa: F401  (it sets its loggers' levels when first imported)
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.WARNING)
+        lg.handlers.clear()
+        lg.propagate = True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``birdstack`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
+    except BirdstackError as e:
+        log.error("%s", e)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

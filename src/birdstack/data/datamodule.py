@@ -1,0 +1,148 @@
+"""One ``Dataset`` / ``LightningDataModule`` API for both encodings.
+
+A :class:`BirdDataset` serves model inputs from cached spectrograms (memory-mapped,
+so a large corpus does not have to fit in RAM): one sample per recording for
+``stacked``, one per window for ``segments``. Every item is ``(x, y, rec)``: the
+input tensor, the integer label and the recording's row number, so that window
+scores can be pooled per recording.
+
+    >>> from birdstack.data.prepare import prepare            # doctest: +SKIP
+    >>> prepared = prepare(DataConfig(path="data/birds-demo"), Preprocessing())  # doctest: +SKIP
+    >>> dm = BirdDataModule(prepared, val_fold=0, batch_size=16)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from birdstack.config import Preprocessing
+from birdstack.features.encoding import encode_segment, encode_stacked, segment_starts
+
+if TYPE_CHECKING:
+    from birdstack.data.prepare import PreparedData
+
+
+def _load_db(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+class BirdDataset(Dataset):
+    """Model inputs from a manifest (columns ``cache_file``, ``label_idx``, ``frames``).
+
+    >>> ds = BirdDataset(records, Preprocessing(...))  # doctest: +SKIP
+    >>> x, y, rec = ds[0]                              # doctest: +SKIP
+    """
+
+    def __init__(self, records: pd.DataFrame, preprocessing: Preprocessing) -> None:
+        self.records = records.reset_index(drop=True)
+        self.pre = preprocessing
+        self.files = self.records["cache_file"].astype(str).tolist()
+        self.labels = self.records["label_idx"].astype(int).to_numpy()
+        enc = preprocessing.encoding
+        self.top_db = preprocessing.spectrogram.top_db
+        if enc.kind == "segments":
+            window, hop = preprocessing.window_frames(), preprocessing.hop_frames()
+            self.window = window
+            self.items = [
+                (i, s)
+                for i, n in enumerate(self.records["frames"].astype(int))
+                for s in segment_starts(n, window, hop, enc.min_last_window)
+            ]
+        else:
+            self.items = [(i, 0) for i in range(len(self.records))]
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _db(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            self._cache[i] = _load_db(self.files[i])
+        return self._cache[i]
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int, int]:
+        i, start = self.items[idx]
+        db = self._db(i)
+        enc = self.pre.encoding
+        if enc.kind == "segments":
+            x = encode_segment(db, start, self.window, self.top_db)
+        else:
+            assert enc.target_frames is not None
+            x = encode_stacked(np.asarray(db), enc.target_frames, enc.channels, self.top_db)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), int(self.labels[i]), i
+
+    @property
+    def item_recordings(self) -> np.ndarray:
+        """Recording row of every item (to pool window scores per recording)."""
+        return np.array([i for i, _ in self.items], dtype=np.int64)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random order that depends only on ``seed`` and the epoch (so resumed runs match).
+
+    Lightning calls :meth:`set_epoch` at the start of every training epoch.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class BirdDataModule(L.LightningDataModule):
+    """Train / validation loaders for one fold of a prepared data set."""
+
+    def __init__(
+        self,
+        prepared: PreparedData,
+        val_fold: int = 0,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.prepared = prepared
+        self.val_fold = val_fold
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        m = prepared.kept
+        self.train_records = m[m["fold"] != val_fold].reset_index(drop=True)
+        self.val_records = m[m["fold"] == val_fold].reset_index(drop=True)
+        self.train_set = BirdDataset(self.train_records, prepared.preprocessing)
+        self.val_set = BirdDataset(self.val_records, prepared.preprocessing)
+
+    def _loader(self, ds: BirdDataset, train: bool) -> DataLoader:
+        sampler = None
+        if train and not (self.trainer is not None and self.trainer.world_size > 1):
+            sampler = EpochSeededSampler(len(ds), self.seed)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=bool(train and sampler is None),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)

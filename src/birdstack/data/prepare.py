@@ -1,0 +1,298 @@
+"""``prepare``: metadata -> selection rules -> features (cached) -> encoding rule -> splits.
+
+    >>> from birdstack.config import DataConfig, Preprocessing
+    >>> prepared = prepare(DataConfig(path="data/birds-demo"), Preprocessing())  # doctest: +SKIP
+    >>> prepared.classes  # doctest: +SKIP
+
+The order of the study's rules, each recorded in the manifest's ``drop_reason``:
+
+1. files that are missing or cannot be decoded are dropped;
+2. the K species with most recordings are kept (or an explicit ``species`` list);
+3. recordings whose secondary labels name a kept species are dropped;
+4. ``stacked``: the target length is computed (mean frames per class, averaged over
+   classes, times ``trim_factor``) and shorter recordings are dropped, or padded;
+5. classes are balanced (each capped at the smallest class count, seeded);
+6. folds: stratified by species, grouped by recording session.
+
+The output folder gets ``manifest.csv`` (one row per recording), ``classes.json``
+and ``prepare.json`` (the resolved preprocessing, with the target length).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from birdstack.config import ConfigError, DataConfig, Preprocessing, to_dict
+from birdstack.data.metadata import load_metadata
+from birdstack.data.selection import balance, drop_secondary, encode_labels, select_species
+from birdstack.data.split import assign_folds
+from birdstack.features.cache import FeatureCache
+from birdstack.features.encoding import target_frames_rule
+from birdstack.utils import atomic_write_json, atomic_write_text, get_logger
+
+log = get_logger("prepare")
+
+MANIFEST_COLUMNS = [
+    "rec_id",
+    "path",
+    "primary_label",
+    "label_idx",
+    "split",
+    "fold",
+    "session",
+    "duration_s",
+    "frames",
+    "padded",
+    "dropped",
+    "drop_reason",
+    "cache_file",
+]
+
+
+def default_cache_dir() -> Path:
+    """``$BIRDSTACK_CACHE``, else ``$XDG_CACHE_HOME/birdstack/features``, else ``~/.cache/...``."""
+    if env := os.environ.get("BIRDSTACK_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "birdstack" / "features"
+
+
+@dataclass
+class PreparedData:
+    """The result of :func:`prepare`."""
+
+    manifest: pd.DataFrame
+    classes: list[str]
+    preprocessing: Preprocessing
+    data: DataConfig
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def kept(self) -> pd.DataFrame:
+        """Rows used for training/validation."""
+        return self.manifest[~self.manifest["dropped"]].reset_index(drop=True)
+
+
+def _drop(df: pd.DataFrame, mask: pd.Series, reason: str | pd.Series) -> None:
+    sel = mask & ~df["dropped"]
+    df.loc[sel, "dropped"] = True
+    df.loc[sel, "drop_reason"] = reason if isinstance(reason, str) else reason[sel]
+
+
+def prepare(
+    data: DataConfig,
+    preprocessing: Preprocessing,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> PreparedData:
+    """Apply the selection rules, compute (or reuse) features, split; write the manifest."""
+    console = console or Console(stderr=True)
+    meta = load_metadata(data.path)
+    df = meta.copy()
+    df["dropped"] = False
+    df["drop_reason"] = ""
+    df["padded"] = False
+    if "exists" in df:
+        _drop(df, ~df["exists"].astype(bool), "file not found")
+
+    # 2. species selection
+    classes = select_species(
+        df[~df["dropped"]],
+        top_k=data.top_k,
+        species=data.species,
+        min_recordings=data.min_recordings,
+    )
+    _drop(df, ~df["primary_label"].isin(classes), "species not selected")
+
+    # 3. secondary labels naming a kept species
+    if data.drop_secondary:
+        _, dropped = drop_secondary(df[~df["dropped"]], classes)
+        if len(dropped):
+            _drop(df, df.index.isin(dropped.index), dropped["drop_reason"].reindex(df.index))
+
+    # features for every recording still in play
+    cache = FeatureCache(
+        Path(data.cache_dir) if data.cache_dir else default_cache_dir(),
+        preprocessing.audio,
+        preprocessing.spectrogram,
+    )
+    todo = df[~df["dropped"]]
+    result = cache.compute_many(
+        [Path(p) for p in todo["path"]], workers=data.workers, progress=progress
+    )
+    skipped: list[tuple[str, str]] = []
+    for idx, p in zip(todo.index, todo["path"]):
+        entry = result[Path(p)]
+        if entry.error is not None:
+            _drop(df, df.index == idx, f"unreadable audio: {entry.error}")
+            skipped.append((str(p), entry.error))
+            continue
+        df.loc[idx, "frames"] = int(entry.frames)
+        df.loc[idx, "duration_s"] = float(entry.duration_s)
+        df.loc[idx, "cache_file"] = str(entry.cache_file)
+
+    # 4. encoding rule
+    enc = preprocessing.encoding
+    live = ~df["dropped"]
+    if enc.kind == "stacked":
+        target = enc.target_frames
+        if target is None:
+            target = target_frames_rule(
+                df.loc[live, "frames"].astype(int).tolist(),
+                df.loc[live, "primary_label"].tolist(),
+                enc.trim_factor,
+                enc.channels,
+            )
+        enc = dataclasses.replace(enc, target_frames=target)
+        short = live & (df["frames"] < target)
+        if enc.short == "drop":
+            _drop(df, short, f"shorter than the stacked target ({target} frames)")
+        else:
+            df.loc[short, "padded"] = True
+    else:
+        short = live & (df["frames"] < preprocessing.window_frames())
+        df.loc[short, "padded"] = True
+    preprocessing = dataclasses.replace(preprocessing, encoding=enc)
+
+    warnings: list[str] = []
+    counts = df.loc[~df["dropped"], "primary_label"].value_counts()
+    empty = [c for c in classes if counts.get(c, 0) == 0]
+    if empty:
+        warnings.append(
+            f"no usable recordings left for {', '.join(empty)} (after the rules above); "
+            "the class is left out — try encoding.short=pad or a lower trim_factor"
+        )
+        classes = [c for c in classes if c not in empty]
+    if len(classes) < 2:
+        raise ConfigError(
+            f"{data.path}: fewer than 2 classes left after the selection rules ({classes}); "
+            "select more species, use encoding.short=pad, or check the drop reasons in the manifest"
+        )
+
+    # 5. balance
+    if data.balance:
+        _, dropped = balance(df[~df["dropped"]], seed=data.seed)
+        if len(dropped):
+            _drop(df, df.index.isin(dropped.index), dropped["drop_reason"].reindex(df.index))
+
+    # 6. folds
+    folded, report = assign_folds(
+        df[~df["dropped"]],
+        n_folds=data.n_folds,
+        seed=data.seed,
+        single_session=data.single_session,
+    )
+    df["fold"] = -1
+    df["session"] = ""
+    df.loc[folded.index, "fold"] = folded["fold"].astype(int)
+    df.loc[folded.index, "session"] = folded["session"].astype(str)
+    for idx, reason in getattr(report, "dropped", {}).items():
+        _drop(df, df.index == idx, reason)
+    warnings.extend(getattr(report, "warnings", []))
+    dropped_classes = [
+        c for c in classes if not ((df["primary_label"] == c) & ~df["dropped"]).any()
+    ]
+    classes = [c for c in classes if c not in dropped_classes]
+
+    label_map = encode_labels(classes)
+    df["label_idx"] = df["primary_label"].map(label_map).fillna(-1).astype(int)
+    df["split"] = "-"
+    live = ~df["dropped"]
+    df.loc[live, "split"] = (df.loc[live, "fold"] == data.val_fold).map(
+        {True: "val", False: "train"}
+    )
+    for col in MANIFEST_COLUMNS:
+        if col not in df:
+            df[col] = pd.NA
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS and c != "exists"]
+    manifest = df[MANIFEST_COLUMNS + extra].reset_index(drop=True)
+    manifest["dropped"] = manifest["dropped"].astype(bool)
+    classes = sorted(classes)
+
+    prepared = PreparedData(manifest, classes, preprocessing, data, warnings, skipped)
+    if out_dir is not None:
+        write_prepared(prepared, Path(out_dir))
+    print_summary(prepared, console)
+    return prepared
+
+
+def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
+    """Write ``manifest.csv``, ``classes.json`` and ``prepare.json`` atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = prepared.manifest.copy()
+    if "secondary_labels" in m:
+        m["secondary_labels"] = m["secondary_labels"].map(
+            lambda v: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v
+        )
+    atomic_write_text(out_dir / "manifest.csv", m.to_csv(index=False))
+    atomic_write_json(out_dir / "classes.json", prepared.classes)
+    atomic_write_json(
+        out_dir / "prepare.json",
+        {
+            "data": to_dict(prepared.data),
+            "preprocessing": to_dict(prepared.preprocessing),
+            "classes": prepared.classes,
+            "warnings": prepared.warnings,
+        },
+    )
+
+
+def print_summary(prepared: PreparedData, console: Console) -> None:
+    """Counts per species and split, drop reasons, and warnings, as rich tables."""
+    m = prepared.manifest
+    sel = m[
+        m["primary_label"].isin(prepared.classes) | (m["drop_reason"] != "species not selected")
+    ]
+    table = Table(title=f"birdstack prepare — {prepared.data.path}", show_lines=False)
+    for col in ("species", "label", "train", "val", "dropped", "sessions"):
+        table.add_column(col, justify="left" if col == "species" else "right")
+    labels = prepared.classes + sorted(set(sel["primary_label"]) - set(prepared.classes))
+    for lab in labels:
+        rows = sel[sel["primary_label"] == lab]
+        kept = rows[~rows["dropped"]]
+        table.add_row(
+            lab,
+            str(prepared.classes.index(lab)) if lab in prepared.classes else "-",
+            str(int((kept["split"] == "train").sum())),
+            str(int((kept["split"] == "val").sum())),
+            str(int(rows["dropped"].sum())),
+            str(kept["session"].nunique()),
+        )
+    console.print(table)
+    reasons = m.loc[m["dropped"] & (m["drop_reason"] != "species not selected"), "drop_reason"]
+    if len(reasons):
+        rt = Table(title="dropped recordings")
+        rt.add_column("reason")
+        rt.add_column("n", justify="right")
+        for reason, n in reasons.str.slice(0, 90).value_counts().items():
+            rt.add_row(reason, str(n))
+        console.print(rt)
+    enc = prepared.preprocessing.encoding
+    kept = prepared.kept
+    line = (
+        f"{len(kept)} recordings kept, {len(prepared.classes)} classes, "
+        f"{int((kept['split'] == 'train').sum())} train / "
+        f"{int((kept['split'] == 'val').sum())} val "
+        f"(fold {prepared.data.val_fold} of {prepared.data.n_folds}, grouped by session); "
+        f"encoding {enc.kind}"
+    )
+    if enc.kind == "stacked":
+        line += (
+            f", target {enc.target_frames} frames -> input {prepared.preprocessing.input_shape()}"
+        )
+        line += f", {int(kept['padded'].sum())} padded"
+    console.print(line)
+    for w in prepared.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    if prepared.skipped:
+        console.print(f"[yellow]{len(prepared.skipped)} file(s) skipped as unreadable[/yellow]")

@@ -1,0 +1,101 @@
+"""Safe checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A birdstack checkpoint is an ordinary Lightning checkpoint with a ``birdstack``
+block of plain values (model name and arguments, class names, preprocessing,
+training config). Nothing in it is pickled code, so loading one cannot run code.
+
+    >>> ckpt = load_checkpoint("runs/demo/checkpoints/best.ckpt")   # doctest: +SKIP
+    >>> net, info = build_model_from_checkpoint(ckpt)                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
+
+from birdstack.config import Config, Preprocessing, from_dict
+from birdstack.utils import BadInputError, atomic_path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes to a temporary file and renames it into place."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
+    ) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about itself."""
+
+    path: str
+    classes: list[str]
+    model_name: str
+    model_args: dict[str, Any]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    epoch: int
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``), with clear errors on bad files."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(p, "checkpoint file not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise BadInputError(
+            p,
+            "refused to load: the checkpoint contains objects other than tensors and plain "
+            f"values (a checkpoint must never run code on load): {str(e).splitlines()[0]}",
+        ) from None
+    except Exception as e:  # truncated / not a torch file
+        raise BadInputError(p, f"not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "birdstack" not in ckpt or "state_dict" not in ckpt:
+        raise BadInputError(p, "not a birdstack checkpoint (no 'birdstack' block)")
+    return ckpt
+
+
+def checkpoint_info(ckpt: dict[str, Any], path: str = "") -> CheckpointInfo:
+    """Parse the ``birdstack`` block of a loaded checkpoint."""
+    meta = ckpt["birdstack"]
+    model = meta["model"]
+    return CheckpointInfo(
+        path=str(path),
+        classes=list(meta["classes"]),
+        model_name=model["name"],
+        model_args=dict(model["args"]),
+        preprocessing=from_dict(Preprocessing, meta["preprocessing"]),
+        config=meta.get("config", {}),
+        epoch=int(ckpt.get("epoch", -1)),
+    )
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, CheckpointInfo]:
+    """Rebuild the network of a checkpoint (no download: pretrained is forced off) in eval mode."""
+    from birdstack.models import create_model
+
+    info = checkpoint_info(ckpt)
+    args = {**info.model_args, "pretrained": False, "weights": None}
+    args.pop("name", None)
+    net = create_model(info.model_name, **args)
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    net.eval()
+    return net, info
+
+
+def config_from_checkpoint(ckpt: dict[str, Any]) -> Config:
+    """The training config stored in a checkpoint."""
+    return Config.from_dict(ckpt["birdstack"].get("config", {}))

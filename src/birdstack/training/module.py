@@ -1,0 +1,177 @@
+"""The one LightningModule: it receives its network, loss and optimizer settings.
+
+    >>> from birdstack.models import create_model
+    >>> net = create_model("mobilenet_compact", num_classes=3, in_chans=10)
+    >>> module = BirdClassifier(net, OptimConfig(), class_names=["a", "b", "c"])
+    >>> module.hparams_for_checkpoint()["classes"]
+    ['a', 'b', 'c']
+
+Metrics are torchmetrics objects logged as ``train/loss``, ``train/acc``,
+``val/loss``, ``val/acc``, ``val/f1_macro`` (and, for ``segments`` inputs,
+recording-level ``val/rec_acc`` and ``val/rec_f1_macro`` from pooled window
+probabilities). Every checkpoint Lightning writes also carries a ``birdstack``
+block (model spec, classes, preprocessing, config) so it can predict on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from birdstack.config import ConfigError, OptimConfig
+from birdstack.utils import BirdstackError
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "sgd")
+
+
+def build_optimizer(params: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Optimizer by name with the study's settings (momentum 0.9 for rmsprop and sgd).
+
+    >>> opt = build_optimizer(nn.Linear(2, 2).parameters(), OptimConfig(name="sgd", lr=0.01))
+    >>> type(opt).__name__, opt.defaults["momentum"]
+    ('SGD', 0.9)
+    """
+    name = cfg.name.lower()
+    wd = cfg.weight_decay
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+    raise ConfigError(f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+class BirdClassifier(L.LightningModule):
+    """Single-label classifier trained with cross-entropy."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optim: OptimConfig,
+        class_names: list[str],
+        meta: dict[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optim_cfg = optim
+        self.class_names = list(class_names)
+        self.meta = dict(meta or {})
+        self.seed = seed
+        k = len(class_names)
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes=k, average="micro"),
+                "f1_macro": MulticlassF1Score(num_classes=k, average="macro"),
+            }
+        )
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.val_rec_metrics = metrics.clone(prefix="val/rec_")
+        self._val_probs: list[torch.Tensor] = []
+        self._val_recs: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def on_train_epoch_start(self) -> None:
+        # Randomness inside an epoch (dropout, augmentation) depends only on seed and epoch,
+        # so a run resumed from its last checkpoint continues exactly as the uninterrupted one.
+        torch.manual_seed(self.seed * 1_000_003 + self.current_epoch * 101 + self.global_rank)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, _ = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_metrics.update(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, rec = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.val_metrics.update(logits, y)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self._val_probs.append(logits.softmax(-1).detach())
+        self._val_recs.append(rec.detach())
+        self._val_labels.append(y.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
+        self.val_metrics.reset()
+        if self._val_probs:
+            probs = torch.cat(self._val_probs)
+            recs = torch.cat(self._val_recs)
+            labels = torch.cat(self._val_labels)
+            pooled, pooled_labels = pool_by_recording(probs, recs, labels)
+            self.val_rec_metrics.update(pooled, pooled_labels)
+            self.log_dict(self.val_rec_metrics.compute(), sync_dist=True)
+            self.val_rec_metrics.reset()
+        self._val_probs.clear()
+        self._val_recs.clear()
+        self._val_labels.clear()
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> Any:
+        opt = build_optimizer(self.parameters(), self.optim_cfg)
+        if self.optim_cfg.scheduler == "cosine":
+            epochs = self.trainer.max_epochs if self.trainer is not None else 1
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return opt
+
+    # ------------------------------------------------------------------ checkpoint
+    def hparams_for_checkpoint(self) -> dict[str, Any]:
+        """The ``birdstack`` block stored in every checkpoint (plain values only)."""
+        return {"format": CHECKPOINT_FORMAT, "classes": list(self.class_names), **self.meta}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["birdstack"] = self.hparams_for_checkpoint()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("birdstack", {}).get("classes")
+        if saved is not None and list(saved) != self.class_names:
+            raise BirdstackError(
+                f"the checkpoint was trained on classes {saved}, but this run has "
+                f"{self.class_names}; use the same data selection or start a new run folder"
+            )
+
+
+CHECKPOINT_FORMAT = "birdstack-checkpoint/1"
+
+
+def pool_by_recording(
+    probs: torch.Tensor, recs: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of window probabilities per recording id (ordered by id) and each recording's label.
+
+    >>> p = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    >>> pool_by_recording(p, torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1]))[0]
+    tensor([[0.7000, 0.3000],
+            [0.2000, 0.8000]])
+    """
+    uniq, inv = torch.unique(recs, return_inverse=True)
+    sums = torch.zeros(len(uniq), probs.shape[1], dtype=probs.dtype, device=probs.device)
+    sums.index_add_(0, inv, probs)
+    counts = torch.bincount(inv, minlength=len(uniq)).to(probs.dtype).unsqueeze(1)
+    rec_labels = torch.zeros(len(uniq), dtype=labels.dtype, device=labels.device)
+    rec_labels[inv] = labels
+    return sums / counts, rec_labels

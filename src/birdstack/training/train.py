@@ -1,0 +1,242 @@
+"""``train(config)``: the one entry point every experiment and sweep run goes through.
+
+    >>> from birdstack.config import Config
+    >>> cfg = Config.from_dict({"data": {"path": "data/birds-demo"}, "trainer": {"epochs": 2},
+    ...                         "out_dir": "runs/demo"})                 # doctest: +SKIP
+    >>> result = train(cfg)                                               # doctest: +SKIP
+    >>> result.best["val/acc"]                                            # doctest: +SKIP
+
+A run folder holds::
+
+    config.yaml              the resolved config
+    data/manifest.csv        one row per recording (kept / dropped and why, fold)
+    checkpoints/best.ckpt    lowest validation loss; checkpoints/last.ckpt (for --resume)
+    logs/metrics.csv         Lightning's CSV log
+    metrics.csv              one row per epoch (train/…, val/…)
+    curves.png               validation accuracy and loss per epoch
+    result.json              best epoch, its metrics, parameters, wall time (written last)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from birdstack.config import Config, ConfigError, to_dict
+from birdstack.data.datamodule import BirdDataModule
+from birdstack.data.prepare import PreparedData, prepare
+from birdstack.models import create_model_from_config
+from birdstack.training.checkpoint import AtomicCheckpointIO
+from birdstack.training.module import OPTIMIZERS, BirdClassifier
+from birdstack.utils import atomic_write_json, atomic_write_text, get_logger
+
+log = get_logger("train")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports (also saved as ``result.json``)."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best: dict[str, float]
+    history: pd.DataFrame
+    wall_time_s: float
+    n_params: int
+
+
+def validate_config(cfg: Config) -> None:
+    """Fail before any work starts on options that cannot work together."""
+    from birdstack.models import is_model, list_models
+
+    if not is_model(cfg.model.name):
+        raise ConfigError(
+            f"unknown model {cfg.model.name!r}; choose one of {', '.join(list_models())}"
+        )
+    if cfg.optim.name.lower() not in OPTIMIZERS:
+        raise ConfigError(
+            f"unknown optimizer {cfg.optim.name!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
+    enc = cfg.preprocessing.encoding
+    if enc.kind == "segments" and cfg.preprocessing.window_frames() < 8:
+        raise ConfigError("encoding.window_s is too short for a spectrogram input (< 8 frames)")
+
+
+def epoch_history(log_dir: Path) -> pd.DataFrame:
+    """Collapse Lightning's CSV logs (one row per logging call) into one row per epoch.
+
+    A resumed run logs into a fresh ``metrics.csv``; earlier parts were kept as
+    ``metrics.part<N>.csv`` and are read first, later rows winning for an epoch.
+    """
+    parts = sorted(log_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem[12:]))
+    parts += [log_dir / "metrics.csv"]
+    frames = [pd.read_csv(p) for p in parts if p.is_file() and p.stat().st_size > 0]
+    frames = [f for f in frames if "epoch" in f]
+    if not frames:
+        return pd.DataFrame()
+    raw = pd.concat(frames, ignore_index=True)
+    hist = raw.drop(columns=[c for c in ("step",) if c in raw]).groupby("epoch").last()
+    return hist.reset_index()
+
+
+def _trainer_kwargs(cfg: Config) -> dict[str, Any]:
+    t = cfg.trainer
+    devices: Any = t.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    accelerator = t.accelerator
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return {
+        "max_epochs": t.epochs,
+        "accelerator": accelerator,
+        "devices": devices,
+        "strategy": t.strategy,
+        "num_nodes": t.num_nodes,
+        "precision": t.precision,
+        # CUDA has no deterministic kernels for some backward ops: warn there instead of failing.
+        "deterministic": (True if on_cpu else "warn") if t.deterministic else False,
+        "enable_progress_bar": t.progress,
+        "limit_train_batches": t.limit_train_batches,
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "enable_model_summary": False,
+    }
+
+
+def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
+    """Network + LightningModule for a config and its prepared data."""
+    in_chans = prepared.preprocessing.input_shape()[0]
+    net = create_model_from_config(cfg.model, num_classes=len(prepared.classes), in_chans=in_chans)
+    meta = {
+        "model": {"name": cfg.model.name, "args": dict(net.model_args)},
+        "preprocessing": to_dict(prepared.preprocessing),
+        "config": cfg.to_dict(),
+    }
+    return BirdClassifier(net, cfg.optim, prepared.classes, meta=meta, seed=cfg.trainer.seed)
+
+
+def train(cfg: Config, resume: bool = False) -> TrainResult:
+    """Prepare the data (cached), train, checkpoint, and write the run's metrics and curves."""
+    validate_config(cfg)
+    run_dir = Path(cfg.out_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if run_dir.joinpath("result.json").exists() and not resume:
+        log.warning("%s already holds a finished run; it will be overwritten", run_dir)
+    if last.exists() and not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue "
+            "it or choose another --out folder"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    start = time.perf_counter()
+
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    prepared = prepare(cfg.data, cfg.preprocessing, run_dir / "data", progress=cfg.trainer.progress)
+    dm = BirdDataModule(
+        prepared,
+        val_fold=cfg.data.val_fold,
+        batch_size=cfg.trainer.batch_size,
+        num_workers=cfg.trainer.num_workers,
+        seed=cfg.trainer.seed,
+    )
+    if len(dm.train_set) == 0 or len(dm.val_set) == 0:
+        raise ConfigError(
+            f"fold {cfg.data.val_fold} leaves {len(dm.train_set)} training and "
+            f"{len(dm.val_set)} validation samples; use more data or fewer folds"
+        )
+    module = build_module(cfg, prepared)
+
+    ckpt_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    callbacks: list[Any] = [ckpt_cb]
+    if cfg.trainer.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor="val/loss", mode="min", patience=cfg.trainer.early_stopping_patience
+            )
+        )
+    if cfg.trainer.progress:
+        callbacks.append(TQDMProgressBar(leave=False))
+    trainer = L.Trainer(
+        callbacks=callbacks,
+        logger=CSVLogger(save_dir=str(run_dir), name="", version="logs"),
+        plugins=[AtomicCheckpointIO()],
+        **_trainer_kwargs(cfg),
+    )
+    ckpt_path = str(last) if (resume and last.exists()) else None
+    log_dir = run_dir / "logs"
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+        if (log_dir / "metrics.csv").is_file():  # keep the epochs logged before the interruption
+            n = len(list(log_dir.glob("metrics.part*.csv")))
+            (log_dir / "metrics.csv").rename(log_dir / f"metrics.part{n}.csv")
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+
+    wall = time.perf_counter() - start
+    history = epoch_history(log_dir)
+    n_params = sum(p.numel() for p in module.net.parameters())
+    best = _best_row(history)
+    result = TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=Path(ckpt_cb.best_model_path or last),
+        last_checkpoint=last,
+        best=best,
+        history=history,
+        wall_time_s=wall,
+        n_params=n_params,
+    )
+    if trainer.is_global_zero:
+        _write_outputs(result, prepared, (dm.train_records, dm.val_records))
+    return result
+
+
+def _best_row(history: pd.DataFrame) -> dict[str, float]:
+    if history.empty or "val/loss" not in history:
+        return {}
+    row = history.loc[history["val/loss"].idxmin()]
+    return {k: float(v) for k, v in row.items() if pd.notna(v)}
+
+
+def _write_outputs(
+    result: TrainResult, prepared: PreparedData, n_split: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    from birdstack.evaluation.plots import plot_curves
+
+    run_dir = result.run_dir
+    if not result.history.empty:
+        atomic_write_text(run_dir / "metrics.csv", result.history.to_csv(index=False))
+        plot_curves({run_dir.name: [result.history]}, run_dir / "curves.png")
+    summary = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": str(result.best_checkpoint),
+        "best_epoch": int(result.best.get("epoch", -1)),
+        "best": result.best,
+        "final": {k: float(v) for k, v in result.history.iloc[-1].items() if pd.notna(v)}
+        if not result.history.empty
+        else {},
+        "n_params": result.n_params,
+        "wall_time_s": round(result.wall_time_s, 2),
+        "classes": prepared.classes,
+        "n_train_recordings": len(n_split[0]),
+        "n_val_recordings": len(n_split[1]),
+    }
+    atomic_write_json(run_dir / "result.json", json.loads(json.dumps(summary, default=str)))
