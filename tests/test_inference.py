@@ -11,27 +11,24 @@ import torch
 from birdstack.data.datamodule import BirdDataset
 from birdstack.features.audio import load_audio
 from birdstack.features.encoding import encode_stacked
-from birdstack.inference.export import export_onnx, read_onnx_metadata
+from birdstack.inference.export import read_onnx_metadata
 from birdstack.inference.predictor import FrameStitcher, Predictor, softmax
 from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 from birdstack.training.module import pool_by_recording
-from test_inference_helpers import (  # noqa: F401 - fixtures
-    segments_run,
-    stacked_run,
-    synthetic_song,
-    write_wav,
-)
+from test_inference_helpers import synthetic_song, write_wav
 
 pytestmark = pytest.mark.xdist_group("inference")
+# session fixtures (checkpoints trained once, the ONNX export): one instance for all modules
+pytest_plugins = ["test_inference_helpers"]
 
 
 @pytest.fixture(scope="module")
-def stacked(stacked_run) -> Predictor:  # noqa: F811
+def stacked(stacked_run) -> Predictor:
     return Predictor.from_checkpoint(stacked_run.checkpoint)
 
 
 @pytest.fixture(scope="module")
-def segments(segments_run) -> Predictor:  # noqa: F811
+def segments(segments_run) -> Predictor:
     return Predictor.from_checkpoint(segments_run.checkpoint)
 
 
@@ -42,7 +39,7 @@ def _kept(run):
 
 def test_preprocessing_comes_from_the_checkpoint_and_features_match_training(
     stacked,
-    stacked_run,  # noqa: F811
+    stacked_run,
 ):
     info = load_checkpoint(stacked_run.checkpoint)["birdstack"]
     assert stacked.classes == info["classes"]
@@ -56,10 +53,10 @@ def test_preprocessing_comes_from_the_checkpoint_and_features_match_training(
     np.testing.assert_allclose(stacked.features(wave), cached, rtol=0, atol=1e-4)
 
 
-def test_segments_recording_probs_equal_validation_pooling(segments, segments_run):  # noqa: F811
+def test_segments_recording_probs_equal_validation_pooling(segments, segments_run):
     """The documented recording rule is exactly what validation reports as val/rec_*."""
     val = _kept(segments_run)
-    val = val[val["split"] == "val"].reset_index(drop=True)
+    val = val[val["split"] == "val"].reset_index(drop=True).iloc[:4]
     assert len(val) >= 2
     ds = BirdDataset(val, segments.preprocessing)
     net, _ = build_model_from_checkpoint(load_checkpoint(segments_run.checkpoint))
@@ -70,10 +67,12 @@ def test_segments_recording_probs_equal_validation_pooling(segments, segments_ru
     pooled, _ = pool_by_recording(probs, recs, torch.zeros_like(recs))
     ours = np.stack([segments.recording_probs(np.load(f)) for f in val["cache_file"]])
     np.testing.assert_allclose(ours, pooled.numpy(), rtol=0, atol=1e-6)
-    assert np.ptp(ours, axis=0).max() > 1e-3  # the recordings are told apart at all
+    # negative control: another pooling (first windows only) is far outside the tolerance
+    first = probs[[int(np.flatnonzero(ds.item_recordings == r)[0]) for r in range(len(val))]]
+    assert np.abs(first.numpy() - ours).max() > 1e-4
 
 
-def test_stacked_recording_rule_short_padded_long_windowed(stacked, stacked_run):  # noqa: F811
+def test_stacked_recording_rule_short_padded_long_windowed(stacked, stacked_run):
     pre = stacked.preprocessing
     t, c, top = pre.encoding.target_frames, pre.encoding.channels, pre.spectrogram.top_db
     net, _ = build_model_from_checkpoint(load_checkpoint(stacked_run.checkpoint))
@@ -127,7 +126,7 @@ def test_streamed_file_gives_the_same_windows_as_in_memory(segments, tmp_path):
     wave = synthetic_song(47.3, seed=2)
     path = write_wav(tmp_path / "long.wav", wave, 32000)
     mem = segments.predict(load_audio(path, 32000))
-    for block_s in (3.7, 11.0, 60.0):
+    for block_s in (3.7, 11.0):
         streamed = segments.predict(path, block_s=block_s)
         np.testing.assert_array_equal(streamed.starts_s, mem.starts_s)
         np.testing.assert_array_equal(streamed.ends_s, mem.ends_s)
@@ -151,8 +150,8 @@ def test_waveform_input_stereo_and_other_rates(segments):
     np.testing.assert_allclose(other.probs, mono.probs, atol=0.02)
 
 
-def test_onnx_export_is_self_describing_and_matches_torch(stacked, stacked_run, tmp_path, demo_dir):  # noqa: F811
-    onnx_path = export_onnx(stacked_run.checkpoint, tmp_path / "model.onnx")
+def test_onnx_export_is_self_describing_and_matches_torch(stacked, onnx_model, demo_dir):
+    onnx_path = onnx_model
     meta = read_onnx_metadata(onnx_path)
     assert meta["classes"] == stacked.classes
     assert meta["preprocessing"] == stacked.preprocessing

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from birdstack.cli.main import EXIT_CONFIG, EXIT_OK, EXIT_SKIPPED, build_parser
-from test_inference_helpers import stacked_run, synthetic_song, write_wav  # noqa: F401
+from test_inference_helpers import synthetic_song, write_wav
 
 pytestmark = pytest.mark.xdist_group("inference")
+# session fixtures (checkpoints trained once, the ONNX export): one instance for all modules
+pytest_plugins = ["test_inference_helpers"]
 
 
 def _run(argv: list[str]) -> int:
@@ -58,7 +60,7 @@ GOOD = {"rate8k", "rate96k", "stereo"}
 
 
 def test_folder_with_bad_files_processes_the_rest_and_resumes(
-    stacked_run,  # noqa: F811
+    stacked_run,
     folder,
     tmp_path,
     caplog,
@@ -106,7 +108,7 @@ def test_folder_with_bad_files_processes_the_rest_and_resumes(
     assert [p.name for p in changed] == ["rate8k.json"]
 
 
-def test_species_list_and_merge(stacked_run, folder, tmp_path):  # noqa: F811
+def test_species_list_and_merge(stacked_run, folder, tmp_path):
     from birdstack.training.checkpoint import load_checkpoint
 
     classes = load_checkpoint(stacked_run.checkpoint)["birdstack"]["classes"]
@@ -137,9 +139,8 @@ def test_species_list_and_merge(stacked_run, folder, tmp_path):  # noqa: F811
     assert _run(argv) == EXIT_CONFIG
 
 
-def test_export_then_predict_with_the_onnx_file(stacked_run, folder, tmp_path):  # noqa: F811
-    onnx_path = tmp_path / "model.onnx"
-    assert _run(["export", str(stacked_run.checkpoint), "--onnx", str(onnx_path)]) == EXIT_OK
+def test_export_then_predict_with_the_onnx_file(stacked_run, onnx_model, folder, tmp_path):
+    onnx_path = onnx_model  # written by `birdstack export`
     common = [str(folder / "site_a"), "--no-progress", "--min-confidence", "0", "--top-k", "3"]
     ckpt = str(stacked_run.checkpoint)
     assert _run(["predict", ckpt, *common, "--out", str(tmp_path / "t")]) == EXIT_OK
@@ -150,7 +151,7 @@ def test_export_then_predict_with_the_onnx_file(stacked_run, folder, tmp_path): 
     assert max(abs(float(x["confidence"]) - float(y["confidence"])) for x, y in zip(a, b)) <= 1e-4
 
 
-def test_nothing_to_predict_is_reported(stacked_run, tmp_path):  # noqa: F811
+def test_nothing_to_predict_is_reported(stacked_run, tmp_path):
     (tmp_path / "empty_dir").mkdir()
     argv = ["predict", str(stacked_run.checkpoint), str(tmp_path / "empty_dir")]
     argv += [str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o"), "--no-progress"]

@@ -427,13 +427,15 @@ class Predictor:
     def features(self, wave: np.ndarray) -> np.ndarray:
         """Log-mel dB ``[n_mels, frames]`` of a mono waveform at the model's sample rate.
 
-        Same values as :func:`birdstack.features.mel.compute_logmel` (the training features).
+        Computed exactly as the training features are (the feature cache's
+        :class:`~birdstack.features.mel.LogMel` with its default settings), so training
+        and inference cannot drift.
         """
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-        with torch.inference_mode():
-            return self._mel(x).numpy()
+        with torch.no_grad():
+            return np.ascontiguousarray(self._mel(x).numpy(), dtype=np.float32)
 
     def encode(self, frames: np.ndarray, length: int) -> np.ndarray:
         """One model input from a window's frames (``length`` = the window's nominal frames).
