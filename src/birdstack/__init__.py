@@ -12,3 +12,24 @@ The pipeline, stage by stage, mirrors the package layout::
 """
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Config": "birdstack.config",
+    "prepare": "birdstack.data.prepare",
+    "train": "birdstack.training.train",
+    "create_model": "birdstack.models",
+    "list_models": "birdstack.models",
+    "Predictor": "birdstack.inference.predictor",
+    "evaluate_checkpoint": "birdstack.evaluation.evaluate",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    """Top-level shortcuts, imported on first use (``birdstack.train``, ``birdstack.Predictor``)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'birdstack' has no attribute {name!r}")
