@@ -88,8 +88,8 @@ def classification_metrics(
     as given (renormalised per row, clipped away from 0 by scikit-learn).
     """
     k = len(classes)
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y_true, dtype=np.int64)
+    p = np.array(probs, dtype=np.float64)  # a writable copy for torch
+    y = np.array(y_true, dtype=np.int64)
     if p.ndim != 2 or p.shape[1] != k:
         raise ValueError(f"probabilities must be [N, {k}], got {list(p.shape)}")
     if len(y) != len(p):

@@ -267,10 +267,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def print_table(table: pd.DataFrame, console: Console, title: str) -> None:
     """The per-variant table as a rich table."""
-    header, rows = table_rows(table)
+    _, rows = table_rows(table)
+    short = ["variant", "acc", "F1", "loss", "epoch", "params", "s/run", "runs"]
     t = Table(title=title)
-    for h in header:
-        t.add_column(h, justify="left" if h == "variant" else "right")
+    for h in short:
+        if h == "variant":
+            t.add_column(h, justify="left", overflow="fold")
+        else:
+            t.add_column(h, justify="right", no_wrap=True)
     for row in rows:
         t.add_row(*row)
     console.print(t)
@@ -456,7 +460,7 @@ def write_sweep_report(
                     _num(r["acc"], ".3f"),
                     _num(r["f1_macro"], ".3f"),
                     _num(r["loss"], ".3f"),
-                    _num(r["wall_time_s"], ".0f"),
+                    _num(r["wall_time_s"], ".0f") + " s",
                 ]
                 for _, r in per_run.iterrows()
             ],
@@ -465,7 +469,6 @@ def write_sweep_report(
     ]
     report_path = out / "report.md"
     atomic_write_text(report_path, "\n".join(lines))
-    console.print(f"report: {report_path}")
     return SweepReport(per_run, table, report_path, metric, best)
 
 

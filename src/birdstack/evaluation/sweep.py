@@ -413,13 +413,13 @@ def check_existing(runs: Sequence[RunSpec]) -> None:
 
 def print_plan(runs: Sequence[RunSpec], console: Console) -> None:
     """A table of the planned runs and their state."""
-    table = Table(title=f"{len(runs)} run(s)")
-    for col in ("#", "run", "variant", "fold", "seed", "epochs", "state"):
-        table.add_column(col, justify="right" if col in ("#", "fold", "seed", "epochs") else "left")
+    where = runs[0].run_dir.parent if runs else Path("runs")
+    table = Table(title=f"{len(runs)} run(s) in {where}/<variant>__fold<k>__seed<s>")
+    for col in ("#", "variant", "fold", "seed", "epochs", "state"):
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for i, r in enumerate(runs, 1):
         table.add_row(
             str(i),
-            r.name,
             r.variant.label,
             str(r.fold),
             str(r.seed),

@@ -1,0 +1,182 @@
+"""Evaluation of real (tiny) checkpoints on the embedded demo data, and the metric helpers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from birdstack.config import Config
+from birdstack.evaluation.evaluate import evaluate_checkpoint
+from birdstack.evaluation.metrics import classification_metrics
+from birdstack.training.train import train
+from birdstack.utils import BadInputError
+
+pytestmark = pytest.mark.xdist_group("evaluate")
+
+# Longer than every demo recording (30 s = 1876 frames): each recording is one padded
+# input, exactly as in training, so evaluation must reproduce the training log.
+WHOLE = 1880
+
+
+def _train(out: Path, demo_dir: Path, cache_dir: Path, **over) -> Path:
+    cfg = Config.from_dict(
+        {
+            "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "preprocessing": {"encoding": {"short": "pad"}},
+            "trainer": {"epochs": 1, "batch_size": 8, "progress": False, "accelerator": "cpu"},
+            "out_dir": str(out),
+        }
+    ).override(over)
+    return train(cfg).run_dir
+
+
+@pytest.fixture(scope="module")
+def stacked_run(tmp_path_factory, demo_dir, cache_dir) -> Path:
+    """A 1-epoch stacked run on 4 of the 6 demo species."""
+    out = tmp_path_factory.mktemp("eval") / "stacked"
+    return _train(
+        out,
+        demo_dir,
+        cache_dir,
+        **{
+            "data.top_k": 4,
+            "preprocessing.encoding.target_frames": WHOLE,
+        },
+    )
+
+
+def test_evaluate_validation_split_reproduces_the_training_log(
+    stacked_run, demo_dir, cache_dir, tmp_path
+):
+    out = tmp_path / "eval"
+    res = evaluate_checkpoint(
+        stacked_run / "checkpoints" / "best.ckpt",
+        demo_dir,
+        manifest=stacked_run / "data" / "manifest.csv",
+        split="val",
+        out_dir=out,
+        cache_dir=cache_dir,
+        progress=False,
+    )
+    manifest = pd.read_csv(stacked_run / "data" / "manifest.csv")
+    val = manifest[(manifest["split"] == "val") & ~manifest["dropped"]]
+    assert sorted(res.predictions["rec_id"]) == sorted(val["rec_id"])
+    logged = json.loads((stacked_run / "result.json").read_text())["best"]
+    assert res.recording.accuracy == pytest.approx(logged["val/acc"], abs=1e-6)
+    assert res.recording.f1_macro == pytest.approx(logged["val/f1_macro"], abs=1e-5)
+    assert res.recording.log_loss == pytest.approx(logged["val/loss"], rel=1e-4)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    rec = metrics["recording"]
+    for key in (
+        "accuracy",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "log_loss",
+        "n",
+        "per_class",
+        "confusion_matrix",
+    ):
+        assert key in rec, key
+    assert set(rec["per_class"]) == set(res.classes) and len(res.classes) == 4
+    assert sum(c["support"] for c in rec["per_class"].values()) == len(val)
+    assert metrics["window"] is None  # stacked model
+    conf = pd.read_csv(out / "confusion.csv", index_col=0)
+    assert list(conf.columns) == res.classes and int(conf.to_numpy().sum()) == len(val)
+    assert np.trace(conf.to_numpy()) == round(res.recording.accuracy * len(val))
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    preds = pd.read_csv(out / "predictions.csv")
+    assert {"file", "true", "predicted", "confidence"} <= set(preds.columns)
+    p = preds[[f"p_{c}" for c in res.classes]].to_numpy()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(preds["confidence"], p.max(axis=1))
+
+
+def test_other_species_are_left_out_and_counted(stacked_run, demo_dir, cache_dir, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "birdstack.cli.main",
+            "evaluate",
+            str(stacked_run / "checkpoints" / "best.ckpt"),
+            "--data",
+            str(demo_dir),
+            "--cache-dir",
+            str(cache_dir),
+            "--out",
+            str(tmp_path / "all"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "16 recording(s) left out: primary label not among the checkpoint's classes" in (
+        proc.stdout.replace("\n", " ")
+    )
+    metrics = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert metrics["excluded"]["label_not_in_checkpoint"] == 16
+    assert metrics["n_recordings"] == 48 - 16
+    with pytest.raises(BadInputError, match="--split needs --manifest"):
+        evaluate_checkpoint(
+            stacked_run / "checkpoints" / "best.ckpt",
+            demo_dir,
+            split="val",
+            cache_dir=cache_dir,
+            progress=False,
+        )
+
+
+def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, tmp_path):
+    run = _train(
+        tmp_path / "seg",
+        demo_dir,
+        cache_dir,
+        **{
+            "data.top_k": 3,
+            "preprocessing.encoding.kind": "segments",
+        },
+    )
+    res = evaluate_checkpoint(
+        run / "checkpoints" / "best.ckpt",
+        demo_dir,
+        manifest=run / "data" / "manifest.csv",
+        split="val",
+        out_dir=tmp_path / "eval",
+        cache_dir=cache_dir,
+        progress=False,
+    )
+    assert res.window is not None and res.window.n > res.recording.n
+    logged = json.loads((run / "result.json").read_text())["best"]
+    # windows scored alone = the training log's per-window figures; pooled = val/rec_*
+    assert res.window.accuracy == pytest.approx(logged["val/acc"], abs=1e-6)
+    assert res.window.log_loss == pytest.approx(logged["val/loss"], rel=1e-4)
+    assert res.recording.accuracy == pytest.approx(logged["val/rec_acc"], abs=1e-6)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["window"]["n"] == res.window.n
+    assert (tmp_path / "eval" / "confusion_windows.png").is_file()
+    assert (tmp_path / "eval" / "confusion_windows.csv").is_file()
+
+
+def test_metrics_agree_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 50)
+    probs = rng.dirichlet(np.ones(4), 50)
+    m = classification_metrics(y, probs, list("abcd"))
+    pred = probs.argmax(1)
+    assert m.accuracy == pytest.approx((pred == y).mean())
+    assert m.f1_macro == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-6)
+    assert m.log_loss == pytest.approx(-np.log(probs[np.arange(50), y]).mean())
+    assert m.confusion.sum() == 50 and m.confusion[1, 2] == ((y == 1) & (pred == 2)).sum()
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        classification_metrics(y, probs[:, :3], list("abcd"))

@@ -1,0 +1,286 @@
+"""Sweeps: experiment files, the results table against a hand computation, a real tiny sweep,
+and a sweep killed with SIGKILL that resumes to the same table."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from birdstack.config import ConfigError
+from birdstack.evaluation.report import (
+    SEGMENT_METRICS,
+    STACKED_METRICS,
+    aggregate_runs,
+    choose_metrics,
+    read_run_metrics,
+)
+from birdstack.evaluation.sweep import experiment_from_dict, load_experiment, plan_runs
+
+pytestmark = pytest.mark.xdist_group("sweep")
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).parent / "fixtures" / "sweep_runs"
+METRIC_COLUMNS = ["acc", "f1_macro", "loss", "best_epoch", "n_params"]
+
+
+# ----------------------------------------------------------------------------- file format
+
+
+def test_every_shipped_experiment_file_parses_and_plans():
+    expected = {
+        "study_optimizers": (10, 50),
+        "study_pretraining": (2, 10),
+        "study_pretraining_lite": (2, 10),
+        "study_models": (3, 15),
+        "encoding_stacked_vs_segments": (4, 20),
+        "smoke": (2, 4),
+    }
+    for name, (n_variants, n_runs) in expected.items():
+        exp = load_experiment(REPO / "experiments" / f"{name}.yaml")
+        runs = plan_runs(exp, "/tmp/unused")
+        assert (len(exp.variants), len(runs)) == (n_variants, n_runs), name
+        assert all(Path(r.config.data.path).is_absolute() for r in runs)
+    opt = load_experiment(REPO / "experiments" / "study_optimizers.yaml")
+    labels = [v.label for v in opt.variants]
+    assert labels[:2] == ["optim=adam lr=0.01", "optim=adam lr=0.0001"]
+    run = plan_runs(opt, "/tmp/out", folds=[3], seeds=[7])[0]
+    assert run.name == "optim-adam_lr-0.01__fold3__seed7"
+    assert run.config.optim.name == "adam" and run.config.optim.lr == 0.01
+    assert (run.config.data.val_fold, run.config.trainer.seed) == (3, 7)
+    assert run.config.out_dir == "/tmp/out/runs/optim-adam_lr-0.01__fold3__seed7"
+
+
+def test_command_line_values_win_and_bad_files_are_refused(tmp_path):
+    exp = experiment_from_dict(
+        {
+            "name": "x",
+            "base": {"trainer": {"epochs": 20}},
+            "variants": [{"label": "small", "trainer.batch_size": 4}, {"label": "big"}],
+            "grid": {"optim.lr": [0.1, 0.01]},
+            "folds": "all",
+        }
+    )
+    assert [v.label for v in exp.variants] == [
+        "small lr=0.1",
+        "small lr=0.01",
+        "big lr=0.1",
+        "big lr=0.01",
+    ]
+    runs = plan_runs(
+        exp, tmp_path, data=str(tmp_path), epochs=2, overrides=["trainer.batch_size=2"]
+    )
+    assert len(runs) == 4 * 5  # 5 folds by default
+    assert {r.config.trainer.epochs for r in runs} == {2}
+    assert {r.config.trainer.batch_size for r in runs} == {2}  # --set applies last
+    assert {r.config.data.path for r in runs} == {str(tmp_path)}
+    with pytest.raises(ConfigError, match="unknown key.*gird"):
+        experiment_from_dict({"gird": {"optim.lr": [1]}})
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        plan_runs(experiment_from_dict({"grid": {"optim.lrr": [1]}}), tmp_path)
+    with pytest.raises(ConfigError, match="fold 7 does not exist"):
+        plan_runs(exp, tmp_path, folds=[7])
+
+
+# ----------------------------------------------------------------------------- table maths
+
+
+def _fixture_rows(metric):
+    rows = []
+    for d in sorted(FIXTURE.iterdir()):
+        if d.is_dir():
+            row = read_run_metrics(d, metric.acc, metric.f1, metric.loss)
+            row["variant"] = d.name.split("__")[0]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_table_mean_and_std_match_a_hand_computation():
+    per_run = _fixture_rows(STACKED_METRICS)
+    assert per_run.set_index("run")["status"].to_dict() == {
+        "a__fold0__seed0": "done",
+        "a__fold1__seed0": "done",
+        "b__fold0__seed0": "done",
+        "b__fold1__seed0": "failed",
+    }
+    t = aggregate_runs(per_run).set_index("variant")
+    a, b = t.loc["a"], t.loc["b"]
+    # variant a: best epochs (lowest val/loss) are 2 and 3 (1-based); figures at those epochs
+    assert a["acc_mean"] == pytest.approx((0.5 + 0.75) / 2)
+    assert a["acc_std"] == pytest.approx(abs(0.75 - 0.5) / math.sqrt(2))
+    assert a["f1_macro_mean"] == pytest.approx((0.4 + 0.7) / 2)
+    assert a["f1_macro_std"] == pytest.approx(abs(0.7 - 0.4) / math.sqrt(2))
+    assert a["loss_mean"] == pytest.approx((1.2 + 1.1) / 2)
+    assert a["loss_std"] == pytest.approx(abs(1.2 - 1.1) / math.sqrt(2))
+    assert a["best_epoch_mean"] == pytest.approx(2.5)
+    assert a["wall_time_s_mean"] == pytest.approx(12.0)
+    assert (a["n_runs"], a["n_failed"], a["n_params"]) == (2, 0, 1000)
+    # variant b: one finished run (no spread), one failed
+    assert b["acc_mean"] == pytest.approx(0.8) and math.isnan(b["acc_std"])
+    assert (b["n_runs"], b["n_failed"]) == (1, 1)
+    assert per_run.set_index("run").loc["b__fold1__seed0", "error"] == "RuntimeError: out of memory"
+
+
+def test_segments_comparisons_use_recording_level_figures():
+    assert choose_metrics(["stacked", "segments"]) is SEGMENT_METRICS
+    assert choose_metrics(["stacked"]) is STACKED_METRICS
+    t = aggregate_runs(_fixture_rows(SEGMENT_METRICS)).set_index("variant")
+    assert t.loc["a", "acc_mean"] == pytest.approx((0.55 + 0.85) / 2)
+    assert t.loc["a", "f1_macro_std"] == pytest.approx(abs(0.8 - 0.45) / math.sqrt(2))
+
+
+# ----------------------------------------------------------------------------- real sweeps
+
+
+def _sweep_cmd(out: Path, cache_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "birdstack.cli.main",
+        "sweep",
+        str(REPO / "experiments/smoke.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        f"data.cache_dir={cache_dir}",
+        "--set",
+        "data.workers=1",
+        "--set",
+        "trainer.accelerator=cpu",
+        "--no-progress",
+    ]
+
+
+def _env() -> dict[str, str]:
+    # the same thread count in every sweep process, so their numbers can be compared exactly
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def full_sweep(tmp_path_factory, cache_dir) -> Path:
+    """The smoke sweep (2 variants x 2 folds x 1 epoch), uninterrupted, through the CLI."""
+    out = tmp_path_factory.mktemp("sweep") / "full"
+    proc = subprocess.run(
+        _sweep_cmd(out, cache_dir), capture_output=True, text=True, timeout=900, env=_env()
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_tiny_sweep_writes_table_figures_and_report(full_sweep):
+    table = pd.read_csv(full_sweep / "results.csv")
+    assert table["variant"].tolist() == ["lr=0.003", "lr=0.0003"]
+    for col in (
+        "acc_mean",
+        "acc_std",
+        "f1_macro_mean",
+        "f1_macro_std",
+        "loss_mean",
+        "loss_std",
+        "best_epoch_mean",
+        "n_params",
+        "wall_time_s_mean",
+        "n_runs",
+    ):
+        assert col in table, col
+    assert table["n_runs"].tolist() == [2, 2]
+    assert table["acc_mean"].between(0, 1).all() and (table["loss_mean"] > 0).all()
+    runs = pd.read_csv(full_sweep / "runs.csv")
+    assert sorted(runs["run"]) == sorted(
+        f"lr-{lr}__fold{k}__seed0" for lr in ("0.003", "0.0003") for k in (0, 1)
+    )
+    # the table is the mean of the per-run figures read back from the run folders
+    for v, sub in runs.groupby("variant"):
+        row = table.set_index("variant").loc[v]
+        assert row["acc_mean"] == pytest.approx(sub["acc"].mean())
+        assert row["acc_std"] == pytest.approx(sub["acc"].std(ddof=1))
+    for png in ("curves.png", "best_run/confusion.png"):
+        assert (full_sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    report = (full_sweep / "report.md").read_text()
+    for needle in (
+        "birdstack sweep",
+        "torch ",
+        "lightning ",
+        "CPU",
+        "`val/acc`",
+        "curves.png",
+        "best_run/confusion.png",
+        str(REPO / "data" / "birds-demo"),
+    ):
+        assert needle in report, needle
+    assert "| lr=0.003 |" in (full_sweep / "results.md").read_text()
+
+
+def test_killed_sweep_resumes_to_the_same_table(full_sweep, cache_dir, tmp_path):
+    out = tmp_path / "killed"
+    first = out / "runs" / "lr-0.003__fold0__seed0" / "result.json"
+    proc = subprocess.Popen(
+        _sweep_cmd(out, cache_dir) + ["--no-eval"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first.exists(), "the first run never finished"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    stamp = first.stat().st_mtime_ns
+    assert not (out / "results.csv").exists()
+    again = subprocess.run(
+        _sweep_cmd(out, cache_dir), capture_output=True, text=True, timeout=900, env=_env()
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "skip (finished)" in again.stdout
+    assert first.stat().st_mtime_ns == stamp  # the finished run was not trained again
+    resumed = pd.read_csv(out / "runs.csv").set_index("run").sort_index()
+    full = pd.read_csv(full_sweep / "runs.csv").set_index("run").sort_index()
+    assert (resumed["status"] == "done").all() and len(resumed) == 4
+    pd.testing.assert_frame_equal(resumed[METRIC_COLUMNS], full[METRIC_COLUMNS])
+    cols = [c for c in pd.read_csv(out / "results.csv").columns if not c.startswith("wall")]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "results.csv")[cols], pd.read_csv(full_sweep / "results.csv")[cols]
+    )
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, cache_dir, demo_dir):
+    from birdstack.evaluation.sweep import run_sweep
+
+    exp = experiment_from_dict(
+        {
+            "name": "failing",
+            "base": {
+                "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+                "preprocessing": {"encoding": {"short": "pad"}},
+                "trainer": {"epochs": 1, "batch_size": 8, "accelerator": "cpu"},
+            },
+            # mobilenet_compact has no pretrained weights: fails when the model is built
+            "variants": [
+                {"label": "broken", "model.weights": str(tmp_path / "missing.pth")},
+                {"label": "fine"},
+            ],
+            "folds": [0],
+        }
+    )
+    res = run_sweep(exp, tmp_path / "out", progress=False, evaluate_best=False)
+    assert res.failed == ["broken__fold0__seed0"]
+    err = tmp_path / "out" / "runs" / "broken__fold0__seed0" / "error.txt"
+    assert "ModelConfigError" in err.read_text()
+    table = res.table.set_index("variant")
+    assert (table.loc["fine", "n_runs"], table.loc["broken", "n_failed"]) == (1, 1)
+    assert "broken__fold0__seed0" in (tmp_path / "out" / "report.md").read_text()
+    # a second start with other settings for the same folders is refused, not mixed
+    with pytest.raises(ConfigError, match="another configuration.*trainer.epochs"):
+        run_sweep(exp, tmp_path / "out", epochs=2, progress=False, dry_run=True)
+    shutil.rmtree(tmp_path / "out")
