@@ -8,6 +8,10 @@ Measured in one run, on the same files, as seconds of audio per second of wall t
   (decoding, log-mel and atomic writes, in ``--workers`` processes);
 * birdstack warm: the same call again (everything found in the cache).
 
+CPU time (this process plus its worker processes) is printed too: on a machine
+whose cores are shared with other jobs, wall-time ratios understate what more
+processes would give, the CPU-time ratio does not.
+
 Both sides are warmed up on one file first (imports, librosa's lazy loading), and
 every file is read once beforehand so neither side pays for cold disk reads::
 
@@ -18,6 +22,8 @@ every file is read once beforehand so neither side pays for cold disk reads::
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -57,6 +63,22 @@ def librosa_features(path: Path, sr: int, spec) -> np.ndarray:
     return librosa.power_to_db(mel, ref=1.0, amin=spec.amin, top_db=None)
 
 
+class Timer:
+    """Wall time and CPU time (this process and its finished children)."""
+
+    def _cpu(self) -> float:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + kids.ru_utime + kids.ru_stime
+
+    def __enter__(self) -> Timer:
+        self._wall, self._cpu0 = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = self._cpu() - self._cpu0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="dataset folder (default: dev set)")
@@ -88,35 +110,41 @@ def main(argv: list[str] | None = None) -> int:
         librosa_features(files[0], sr, spec)
         FeatureCache(Path(tmp), audio, spec).compute_many(files[:1], workers=1, progress=False)
 
-    t0 = time.perf_counter()
-    for f in files:
-        librosa_features(f, sr, spec)
-    t_base = time.perf_counter() - t0
-    print(f"baseline (librosa loop):   {t_base:7.2f} s  {total_s / t_base:8.0f} audio-s/s")
+    def report(name: str, wall: float, cpu: float, extra: str = "") -> None:
+        print(
+            f"{name:27s} {wall:7.2f} s wall {total_s / wall:8.0f} audio-s/s   "
+            f"{cpu:7.2f} s CPU {total_s / cpu:6.0f} audio-s/CPU-s  {extra}"
+        )
+
+    load0 = os.getloadavg()[0]
+    with Timer() as base:
+        for f in files:
+            librosa_features(f, sr, spec)
+    report("baseline (librosa loop):", base.wall, base.cpu)
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(Path(tmp), audio, spec)
-        t0 = time.perf_counter()
-        res = cache.compute_many(files, workers=args.workers, progress=False)
-        t_cold = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        again = cache.compute_many(files, workers=args.workers, progress=False)
-        t_warm = time.perf_counter() - t0
-    print(
-        f"birdstack cold cache:      {t_cold:7.2f} s  {total_s / t_cold:8.0f} audio-s/s  "
-        f"({res.n_computed} computed, {len(res.failed)} unreadable)"
+        with Timer() as cold:
+            res = cache.compute_many(files, workers=args.workers, progress=False)
+        with Timer() as warm:
+            again = cache.compute_many(files, workers=args.workers, progress=False)
+    n_bad = len(res.failed)
+    report(
+        "birdstack cold cache:", cold.wall, cold.cpu, f"({res.n_computed} computed, {n_bad} bad)"
     )
-    print(
-        f"birdstack warm cache:      {t_warm:7.2f} s  {total_s / t_warm:8.0f} audio-s/s  "
-        f"({again.n_computed} computed)"
-    )
+    report("birdstack warm cache:", warm.wall, warm.cpu, f"({again.n_computed} computed)")
     if args.serial:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp, Timer() as one:
             FeatureCache(Path(tmp), audio, spec).compute_many(files, workers=1, progress=False)
-            t_one = time.perf_counter() - t0
-        print(f"birdstack cold, 1 process: {t_one:7.2f} s  {total_s / t_one:8.0f} audio-s/s")
-    print(f"speed-up cold vs baseline: {t_base / t_cold:.2f}x (target >= 3x on 2 cores)")
+        report("birdstack cold, 1 process:", one.wall, one.cpu)
+    print(
+        f"speed-up cold vs baseline: {base.wall / cold.wall:.2f}x wall (target >= 3x on 2 cores), "
+        f"{base.cpu / cold.cpu:.2f}x less CPU time"
+    )
+    print(
+        f"load average (1 min) before/after: {load0:.1f} / {os.getloadavg()[0]:.1f} "
+        f"on {workers} CPUs"
+    )
     return 0
 
 

@@ -80,6 +80,8 @@ def test_features_and_metadata(tmp_path: Path, wavs: list[Path]) -> None:
     assert cache.path_for(wavs[0]) == res[wavs[0]].cache_file
     assert json.loads((cache.dir / "settings.json").read_text())["spectrogram"]["n_mels"] == 40
     assert res[1].path == wavs[1]  # positional access too
+    with pytest.raises(KeyError):
+        res[tmp_path / "not_asked.wav"]
     assert cache.entry(wavs[3]).frames == res[wavs[3]].frames
 
 

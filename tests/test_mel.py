@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import librosa
@@ -167,6 +169,15 @@ def test_buffers_follow_the_module() -> None:
     out = m(x.to(device))
     assert out.device.type == device and out.shape == (2, 128, 8)
     torch.testing.assert_close(out.cpu(), on_cpu, atol=1e-3, rtol=0)
+
+
+def test_module_copies_and_casts(wave: np.ndarray) -> None:
+    m = LogMel(SPEC, SR)
+    x = torch.from_numpy(wave[:8000])
+    ref = m(x)
+    torch.testing.assert_close(copy.deepcopy(m)(x), ref, atol=0, rtol=0)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(m))(x), ref, atol=0, rtol=0)
+    torch.testing.assert_close(m.double()(x).float(), ref, atol=1e-4, rtol=0)
 
 
 def test_bad_shape() -> None:

@@ -34,6 +34,7 @@ RESAMPLE_QUALITY = "HQ"
 
 # libsndfile error codes (sndfile.h)
 _SF_ERR_UNRECOGNISED_FORMAT = 1
+_SF_ERR_SYSTEM = 2
 _SF_ERR_MALFORMED_FILE = 3
 _SF_ERR_UNSUPPORTED_ENCODING = 4
 
@@ -74,6 +75,8 @@ def _open_error(path: Path, e: Exception) -> BadInputError:
     detail = getattr(e, "error_string", None) or str(e)
     if code == _SF_ERR_UNRECOGNISED_FORMAT:
         return BadInputError(path, "not a recognised audio format")
+    if code == _SF_ERR_SYSTEM:
+        return BadInputError(path, f"cannot be read (libsndfile: {detail})")
     if code == _SF_ERR_MALFORMED_FILE:
         return BadInputError(path, f"corrupt or truncated audio file (libsndfile: {detail})")
     if code == _SF_ERR_UNSUPPORTED_ENCODING:

@@ -94,6 +94,13 @@ class CacheResult:
     """
 
     entries: tuple[CacheEntry, ...]
+    _index: dict[Path, int] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        for i, e in enumerate(self.entries):
+            self._index.setdefault(e.path, i)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -104,11 +111,10 @@ class CacheResult:
     def __getitem__(self, key: int | str | os.PathLike[str]) -> CacheEntry:
         if isinstance(key, int):
             return self.entries[key]
-        wanted = Path(key)
-        for e in self.entries:
-            if e.path == wanted:
-                return e
-        raise KeyError(str(key))
+        try:
+            return self.entries[self._index[Path(key)]]
+        except KeyError:
+            raise KeyError(str(key)) from None
 
     @property
     def n_computed(self) -> int:
