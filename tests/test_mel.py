@@ -22,6 +22,9 @@ from birdstack.features.mel import (
     normalize_db_np,
 )
 
+# one xdist worker pays librosa's slow first calls (numba) for all of these tests
+pytestmark = pytest.mark.xdist_group("librosa")
+
 SPEC = SpectrogramConfig()  # n_fft 2048, hop 512, 128 mels, 50-14000 Hz, power 2
 SR = 32000
 
