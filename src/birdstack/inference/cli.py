@@ -197,6 +197,9 @@ class _Ahead:
         return False
 
     def _run(self, i: int, q: queue.Queue[Any]) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # per thread: the decoders leave the model its threads
         try:
             for v in self.produce(self.items[i]):
                 if not self._put(q, v):

@@ -118,10 +118,14 @@ class OnnxRunner:
 _DONE = object()
 
 
-def iter_ahead(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+def iter_ahead(
+    items: Iterable[Any], depth: int = 2, torch_threads: int | None = 1
+) -> Iterator[Any]:
     """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
 
     Decoding and the log-mel front end release the GIL, so they overlap with the model.
+    The producer thread uses ``torch_threads`` intra-op threads (torch's setting is per
+    thread with OpenMP), so the front end does not fight the model for the cores.
     An exception in the producer is raised in the consumer; closing the generator
     stops the producer.
 
@@ -141,6 +145,8 @@ def iter_ahead(items: Iterable[Any], depth: int = 2) -> Iterator[Any]:
         return False
 
     def run() -> None:
+        if torch_threads:
+            _set_torch_threads(torch_threads)
         try:
             for v in items:
                 if not put(v):
@@ -171,6 +177,15 @@ class _Raised:
 # --------------------------------------------------------------------------- frame stitching
 
 
+@dataclass(frozen=True)
+class MelJob:
+    """One log-mel computation: ``wave`` (with real context), the frames of it to keep."""
+
+    wave: np.ndarray
+    first: int
+    count: int
+
+
 class FrameStitcher:
     """Turns consecutive sample blocks into the exact frames of one centred STFT.
 
@@ -179,6 +194,10 @@ class FrameStitcher:
     side, so every block is computed with that much real context and the frames that
     would see the block's padding are left for the next block. Only the file's own
     edges are padded, as in the one-shot computation.
+
+    :meth:`plan` / :meth:`plan_finish` cut the signal into independent :class:`MelJob`
+    (cheap, in order); :meth:`run` computes one, so jobs can run in parallel.
+    :meth:`push` / :meth:`finish` do both.
     """
 
     def __init__(
@@ -194,43 +213,85 @@ class FrameStitcher:
         self.n_samples = 0
         self.next_frame = 0
 
-    def push(self, block: np.ndarray) -> np.ndarray | None:
-        """Add samples; returns the frames now complete (``[n_mels, f]``) or ``None``."""
+    def plan(self, block: np.ndarray) -> MelJob | None:
+        """Add samples; the job for the frames now complete, or ``None``."""
         block = np.asarray(block, dtype=np.float32).reshape(-1)
         self.buf = np.concatenate([self.buf, block]) if self.buf.size else block
         self.n_samples += block.size
         last = (self.n_samples - self.half) // self.hop  # last frame with real right context
         if last - self.next_frame + 1 < self.min_frames:
             return None
-        return self._frames(last, final=False)
+        return self._job(last, final=False)
 
-    def finish(self) -> np.ndarray | None:
-        """The remaining frames up to the end of the signal (padded at the end as usual)."""
+    def plan_finish(self) -> MelJob | None:
+        """The job for the remaining frames (padded at the end of the signal as usual)."""
         if self.n_samples == 0:
             return None
         last = frames_for_samples(self.n_samples, self.hop) - 1
         if last < self.next_frame:
             return None
-        return self._frames(last, final=True)
+        return self._job(last, final=True)
 
-    def _frames(self, last: int, final: bool) -> np.ndarray:
+    def run(self, job: MelJob) -> np.ndarray:
+        """Compute a job's frames ``[n_mels, count]``."""
+        db = self.logmel(job.wave)
+        out = db[:, job.first : job.first + job.count]
+        if out.shape[1] != job.count:  # pragma: no cover - a logmel with other framing
+            raise BirdstackError(
+                f"log-mel front end gave {db.shape[1]} frames for {job.wave.size} samples; "
+                f"expected centred frames (1 + n // {self.hop})"
+            )
+        return np.ascontiguousarray(out)
+
+    def push(self, block: np.ndarray) -> np.ndarray | None:
+        """Add samples; returns the frames now complete (``[n_mels, f]``) or ``None``."""
+        job = self.plan(block)
+        return None if job is None else self.run(job)
+
+    def finish(self) -> np.ndarray | None:
+        """The remaining frames up to the end of the signal."""
+        job = self.plan_finish()
+        return None if job is None else self.run(job)
+
+    def _job(self, last: int, final: bool) -> MelJob:
         j0 = self.next_frame
         s0 = max(0, j0 * self.hop - self.context)
         s1 = self.n_samples if final else last * self.hop + self.half
-        wave = self.buf[s0 - self.buf0 : s1 - self.buf0]
-        db = self.logmel(wave)
-        m = (j0 * self.hop - s0) // self.hop
-        out = db[:, m : m + (last - j0 + 1)]
-        if out.shape[1] != last - j0 + 1:  # pragma: no cover - a logmel with other framing
-            raise BirdstackError(
-                f"log-mel front end gave {db.shape[1]} frames for {wave.size} samples; "
-                f"expected centred frames (1 + n // {self.hop})"
-            )
+        wave = self.buf[s0 - self.buf0 : s1 - self.buf0]  # a view: buf is never changed in place
         self.next_frame = last + 1
         keep = max(0, self.next_frame * self.hop - self.context)
         self.buf = self.buf[keep - self.buf0 :].copy()
         self.buf0 = keep
-        return np.ascontiguousarray(out)
+        return MelJob(wave, (j0 * self.hop - s0) // self.hop, last - j0 + 1)
+
+
+def ordered_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int, ahead: int | None = None
+) -> Iterator[Any]:
+    """``map(fn, items)`` on ``workers`` threads (1 torch thread each), in order, bounded.
+
+    At most ``ahead`` (default ``workers + 1``) items are in flight.
+
+    >>> list(ordered_map(lambda x: x * x, range(5), workers=2))
+    [0, 1, 4, 9, 16]
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = ahead or workers + 1
+    with ThreadPoolExecutor(
+        workers, thread_name_prefix="birdstack-mel", initializer=_set_torch_threads, initargs=(1,)
+    ) as ex:
+        pending: deque[Any] = deque()
+        for it in items:
+            pending.append(ex.submit(fn, it))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 # --------------------------------------------------------------------------- window scoring
@@ -347,6 +408,7 @@ class Predictor:
         runtime: str = "torch",
         batch_size: int = 32,
         model_name: str | None = None,
+        threads: int | None = None,
     ) -> None:
         self.runner = runner
         self.classes = list(classes)
@@ -355,6 +417,10 @@ class Predictor:
         self.scientific_names = dict(scientific_names or {})
         self.runtime = runtime
         self.model_name = model_name or (info.model_name if info is not None else "unknown")
+        import torch
+
+        self.threads = int(threads or torch.get_num_threads())  # intra-op threads of the model
+        self.feature_workers = self.threads  # log-mel threads per file (1 torch thread each)
         self.batch_size = max(1, int(batch_size))
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         enc = preprocessing.encoding
@@ -399,7 +465,16 @@ class Predictor:
                 tmp = tempfile.TemporaryDirectory(prefix="birdstack-onnx-")
                 onnx_path = export_onnx(path, Path(tmp.name) / "model.onnx")
             runner = OnnxRunner(onnx_path, threads)
-        pred = cls(runner, info.classes, info.preprocessing, info, names, runtime, batch_size)
+        pred = cls(
+            runner,
+            info.classes,
+            info.preprocessing,
+            info,
+            names,
+            runtime,
+            batch_size,
+            threads=threads,
+        )
         pred._tmp = tmp
         return pred
 
@@ -421,6 +496,7 @@ class Predictor:
             "onnx",
             batch_size,
             model_name=str(meta["model"].get("name", "unknown")),
+            threads=threads,
         )
 
     # ---------------------------------------------------------------- features
@@ -515,6 +591,7 @@ class Predictor:
         ``n_samples``: the recording's length in samples (for its duration), or a
         one-element list that holds it once ``chunks`` is spent.
         """
+        _set_torch_threads(self.threads)  # this thread runs the model (decoders use 1 thread)
         table, length = self.table_rule(window_s, hop_s)
         scorer = self._scorer({"rec": self.recording_rule(), "win": (table, length)})
         for db in chunks:
@@ -542,23 +619,33 @@ class Predictor:
 
     # ---------------------------------------------------------------- audio in
     def frame_chunks(
-        self, blocks: Iterable[np.ndarray], counter: list[int] | None = None
+        self,
+        blocks: Iterable[np.ndarray],
+        counter: list[int] | None = None,
+        workers: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Exact log-mel frame chunks of consecutive sample blocks (see :class:`FrameStitcher`).
 
-        ``counter`` (a one-element list), when given, receives the number of samples seen.
+        The log-mel of successive blocks is computed on ``workers`` threads (default
+        :attr:`feature_workers`), in order. ``counter`` (a one-element list), when given,
+        receives the number of samples seen.
         """
         min_frames = max(1, self.preprocessing.input_frames())
         st = FrameStitcher(self.features, self.spec.n_fft, self.spec.hop_length, min_frames)
-        for block in blocks:
-            out = st.push(block)
-            if counter is not None:
-                counter[0] = st.n_samples
-            if out is not None:
-                yield out
-        out = st.finish()
-        if out is not None:
-            yield out
+
+        def jobs() -> Iterator[MelJob]:
+            for block in blocks:
+                job = st.plan(block)
+                if counter is not None:
+                    counter[0] = st.n_samples
+                if job is not None:
+                    yield job
+            job = st.plan_finish()
+            if job is not None:
+                yield job
+
+        n = self.feature_workers if workers is None else workers
+        yield from ordered_map(st.run, jobs(), n)
 
     def file_chunks(
         self,
