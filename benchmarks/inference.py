@@ -7,8 +7,11 @@ A long recording is made by concatenating real recordings (birds-dev when presen
 ``$BIRDSTACK_DEV_DATA``, ``data/birds-dev`` or ``../shared/data/birds-dev``; else the
 embedded ``data/birds-demo``) to at least ``--minutes`` and written to a temporary
 WAV (``--container ogg`` for Ogg Vorbis). Each configuration (model x runtime) runs
-in its own process so its peak memory (RSS, polled with psutil) is its own; the
-time covers decoding, log-mel and the model (loading the model is not counted).
+in its own process so its peak memory (RSS, polled with psutil) is its own; "growth"
+is the peak minus the RSS just before the measured run (libraries and the model are
+already loaded then), i.e. what processing the file itself needed. The time covers
+decoding, log-mel and the model (loading the model is not counted); "CPU s" is the
+process CPU time, a figure less sensitive than wall time to other load on the machine.
 Decoding alone and decoding + log-mel are printed as ceilings. The models are
 randomly initialised (speed does not depend on the weights); the stacked target
 length follows the study's rule on the source recordings.
@@ -49,7 +52,8 @@ class PeakRSS:
 
         self.proc = psutil.Process()
         self.interval = interval
-        self.peak = self.proc.memory_info().rss
+        self.base = self.proc.memory_info().rss  # before the measured work
+        self.peak = self.base
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -147,7 +151,13 @@ def run_one(
 
         with PeakRSS() as mem:
             wall, cpu, _ = _best_of(repeat, decode)
-        return {"seconds": seconds, "wall": wall, "cpu": cpu, "peak_rss": mem.peak}
+        return {
+            "seconds": seconds,
+            "wall": wall,
+            "cpu": cpu,
+            "peak_rss": mem.peak,
+            "base_rss": mem.base,
+        }
 
     from birdstack.inference.predictor import Predictor, iter_ahead
 
@@ -160,7 +170,13 @@ def run_one(
 
         with PeakRSS() as mem:
             wall, cpu, _ = _best_of(repeat, features)
-        return {"seconds": seconds, "wall": wall, "cpu": cpu, "peak_rss": mem.peak}
+        return {
+            "seconds": seconds,
+            "wall": wall,
+            "cpu": cpu,
+            "peak_rss": mem.peak,
+            "base_rss": mem.base,
+        }
 
     assert ckpt is not None
     onnx_path = None
@@ -177,6 +193,7 @@ def run_one(
         "wall": wall,
         "cpu": cpu,
         "peak_rss": mem.peak,
+        "base_rss": mem.base,
         "windows": int(len(result.starts_s)),
         "input_shape": list(pred.preprocessing.input_shape()),
     }
@@ -245,13 +262,13 @@ def main() -> None:
     print(f"\nbest of {args.repeat} runs each{load}")
     print(
         f"{'configuration':<22} {'runtime':<8} {'wall s':>8} {'RTF':>9} {'CPU s':>7} "
-        f"{'peak RSS':>10}"
+        f"{'peak RSS':>10} {'growth':>8}"
     )
     for name, rt, r in rows:
         rtf = r["seconds"] / r["wall"]
         print(
             f"{name:<22} {rt:<8} {r['wall']:>8.2f} {rtf:>8.0f}x {r['cpu']:>7.2f} "
-            f"{r['peak_rss'] / 2**20:>7.0f} MiB"
+            f"{r['peak_rss'] / 2**20:>7.0f} MiB {(r['peak_rss'] - r['base_rss']) / 2**20:>4.0f} MiB"
         )
     by = {(n, rt): r for n, rt, r in rows}
     for m in args.models:

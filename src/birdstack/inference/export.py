@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -37,6 +38,21 @@ OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
 
 
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Any:
+    """The exporter's optimiser logs every rewrite at INFO: keep those out of the CLI."""
+    names = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
 def _export_graph(net: Any, example: Any, path: Path, opset: int) -> str:
     """Write the bare ONNX graph of ``net`` to ``path``; returns which exporter worked."""
     import torch
@@ -47,6 +63,7 @@ def _export_graph(net: Any, example: Any, path: Path, opset: int) -> str:
         with (
             warnings.catch_warnings(),
             contextlib.redirect_stdout(io.StringIO()),
+            _quiet_exporter_logs(),
         ):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
