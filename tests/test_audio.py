@@ -111,7 +111,7 @@ def make_bad(kind: str, d: Path, ogg: Path) -> Path:
     elif kind == "truncated.ogg":
         data = ogg.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-    elif kind == "random-bytes.ogg":
+    elif kind in ("random-bytes.ogg", "random-bytes.mp3"):
         path.write_bytes(np.random.default_rng(0).bytes(20000))
     elif kind in ("nan", "inf"):
         x = sine(200, 8000)
@@ -129,6 +129,7 @@ def make_bad(kind: str, d: Path, ogg: Path) -> Path:
         ("empty.ogg", "empty file"),
         ("truncated.ogg", "truncated"),
         ("random-bytes.ogg", "not a recognised audio format"),
+        ("random-bytes.mp3", "not a recognised audio format"),
         ("nan", "non-finite"),
         ("inf", "non-finite"),
         ("no-samples", "no audio samples"),

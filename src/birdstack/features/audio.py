@@ -37,6 +37,9 @@ _SF_ERR_UNRECOGNISED_FORMAT = 1
 _SF_ERR_SYSTEM = 2
 _SF_ERR_MALFORMED_FILE = 3
 _SF_ERR_UNSUPPORTED_ENCODING = 4
+# "File does not exist or is not a regular file": also what libsndfile answers when its
+# MPEG decoder finds no frame in a file that does exist (checked before opening)
+_SF_ERR_NOT_A_FILE = 7
 
 # Ogg page header: capture, version, flags, granule, serial, sequence, crc, segments
 _OGG_HEADER = struct.Struct("<4sBBqIIIB")
@@ -73,7 +76,7 @@ def _check_file(path: Path) -> None:
 def _open_error(path: Path, e: Exception) -> BadInputError:
     code = getattr(e, "code", None)
     detail = getattr(e, "error_string", None) or str(e)
-    if code == _SF_ERR_UNRECOGNISED_FORMAT:
+    if code in (_SF_ERR_UNRECOGNISED_FORMAT, _SF_ERR_NOT_A_FILE):
         return BadInputError(path, "not a recognised audio format")
     if code == _SF_ERR_SYSTEM:
         return BadInputError(path, f"cannot be read (libsndfile: {detail})")
