@@ -27,7 +27,7 @@ from birdstack.utils import BadInputError, atomic_write_text
 
 DEMO_EPOCHS = 24
 DEMO_BATCH = 8
-DEMO_LR = 0.001
+DEMO_LR = 0.003
 # short=drop (the study's rule) is used unless it keeps less than this share of the
 # recordings that short=pad keeps.
 DROP_MIN_SHARE = 0.75

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from birdstack.utils import atomic_path  # noqa: E402
 
@@ -46,12 +47,17 @@ def plot_curves(
             df = pd.concat(series, axis=1)
             x = df.index.to_numpy() + 1
             mean = df.mean(axis=1).to_numpy()
-            (line,) = ax.plot(x, mean, label=name, lw=1.6)
+            # markers where there are few epochs (a 1-epoch run is otherwise invisible)
+            marker = "o" if len(x) <= 30 else None
+            (line,) = ax.plot(x, mean, label=name, lw=1.6, marker=marker, ms=3)
             if df.shape[1] > 1:
-                ax.fill_between(
-                    x, df.min(axis=1), df.max(axis=1), color=line.get_color(), alpha=0.18, lw=0
-                )
+                lo, hi = df.min(axis=1), df.max(axis=1)
+                if len(x) > 1:
+                    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+                else:
+                    ax.vlines(x, lo, hi, color=line.get_color(), alpha=0.5, lw=4)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
