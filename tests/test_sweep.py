@@ -284,3 +284,23 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, cache_dir, dem
     with pytest.raises(ConfigError, match="another configuration.*trainer.epochs"):
         run_sweep(exp, tmp_path / "out", epochs=2, progress=False, dry_run=True)
     shutil.rmtree(tmp_path / "out")
+
+
+def test_stacked_and_segments_variants_share_the_same_folds(cache_dir):
+    from rich.console import Console
+
+    from birdstack.data.prepare import prepare
+
+    exp = load_experiment(REPO / "experiments" / "encoding_stacked_vs_segments.yaml")
+    runs = plan_runs(exp, "/tmp/unused", folds=[0], overrides=[f"data.cache_dir={cache_dir}"])
+    folds = {}
+    for run in runs:
+        if run.config.model.name != "mobilenet_compact":
+            continue
+        cfg = run.config
+        kept = prepare(
+            cfg.data, cfg.preprocessing, None, progress=False, console=Console(quiet=True)
+        ).kept
+        folds[cfg.preprocessing.encoding.kind] = dict(zip(kept["rec_id"], kept["fold"]))
+    assert set(folds) == {"stacked", "segments"}
+    assert folds["stacked"] == folds["segments"] and len(folds["stacked"]) >= 30
