@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,7 +81,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{_writer_tag()}.", suffix=f".tmp{suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -91,6 +95,55 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# ``.<name>.<host>-<pid>.<random>.tmp[suffix]``: the names atomic_path gives its temporary files
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def _writer_tag() -> str:
+    """``<host>-<pid>`` of the writing process (put into temporary file names)."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # os.kill(pid, 0) is no probe on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], recursive: bool = False) -> int:
+    """Delete temporary files that atomic writes of killed processes left in ``folder``.
+
+    A job killed while writing leaves its ``.<name>.<host>-<pid>.<random>.tmp`` file
+    behind (the final file is untouched). Such files written on this host by a process
+    that no longer runs are removed; those of running processes, or of other hosts
+    sharing the folder, are kept. Returns the number of files removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    host, n = _host(), 0
+    for p in root.rglob(".*.tmp*") if recursive else root.glob(".*.tmp*"):
+        m = _TEMP_NAME.match(p.name)
+        if m is None or m["host"] != host or _process_alive(int(m["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    if n:
+        get_logger().info("removed %d temporary file(s) of interrupted writes in %s", n, root)
+    return n
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -209,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"val/loss {b.get('val/loss', float('nan')):.3f}  ({result.wall_time_s:.0f} s)"
     )
     print(f"checkpoint: {result.best_checkpoint}\nrun folder: {result.run_dir}")
-    return EXIT_OK
+    return _skip_exit(len(result.skipped), args)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -300,13 +300,21 @@ def _not_available(name: str) -> int:
 
 
 def setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+    """Log to stderr: rich on a terminal; one plain line per record otherwise (files, CI)."""
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
 
+        handler = RichHandler(
+            console=Console(stderr=True), show_path=False, show_time=False, markup=False
+        )
+        fmt = "%(message)s"
+    else:  # rich would wrap long lines at 80 columns: a skipped file must stay one line
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(levelname)s %(message)s"
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, markup=False)],
-        force=True,
+        level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler], force=True
     )
     quiet_lightning()
 

@@ -36,7 +36,13 @@ from birdstack.data.selection import balance, drop_secondary, encode_labels, sel
 from birdstack.data.split import assign_folds
 from birdstack.features.cache import FeatureCache
 from birdstack.features.encoding import target_frames_rule
-from birdstack.utils import atomic_write_json, atomic_write_text, get_logger
+from birdstack.utils import (
+    SkipLog,
+    atomic_write_json,
+    atomic_write_text,
+    get_logger,
+    remove_stale_temp_files,
+)
 
 log = get_logger("prepare")
 
@@ -113,6 +119,12 @@ def prepare(
         min_recordings=data.min_recordings,
     )
     _drop(df, ~df["primary_label"].isin(classes), "species not selected")
+    # files of the selected species that are listed but missing or unreadable are skipped:
+    # one log line each (file and reason), counted in the summary and the exit code
+    skips = SkipLog()
+    if "exists" in df:
+        for p in df.loc[~df["exists"].astype(bool) & df["primary_label"].isin(classes), "path"]:
+            skips.add(p, "file not found")
 
     # 3. secondary labels naming a kept species
     if data.drop_secondary:
@@ -130,12 +142,11 @@ def prepare(
     result = cache.compute_many(
         [Path(p) for p in todo["path"]], workers=data.workers, progress=progress
     )
-    skipped: list[tuple[str, str]] = []
     for idx, p in zip(todo.index, todo["path"]):
         entry = result[Path(p)]
         if entry.error is not None:
             _drop(df, df.index == idx, f"unreadable audio: {entry.error}")
-            skipped.append((str(p), entry.error))
+            skips.add(p, entry.error.removeprefix(f"{entry.path}: "))
             continue
         df.loc[idx, "frames"] = int(entry.frames)
         df.loc[idx, "duration_s"] = float(entry.duration_s)
@@ -219,7 +230,7 @@ def prepare(
     manifest["dropped"] = manifest["dropped"].astype(bool)
     classes = sorted(classes)
 
-    prepared = PreparedData(manifest, classes, preprocessing, data, warnings, skipped)
+    prepared = PreparedData(manifest, classes, preprocessing, data, warnings, skips.skipped)
     if out_dir is not None:
         write_prepared(prepared, Path(out_dir))
     print_summary(prepared, console)
@@ -229,6 +240,7 @@ def prepare(
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
     """Write ``manifest.csv``, ``classes.json`` and ``prepare.json`` atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out_dir)  # left by a run that was killed while writing
     m = prepared.manifest.copy()
     if "secondary_labels" in m:
         m["secondary_labels"] = m["secondary_labels"].map(
@@ -295,4 +307,7 @@ def print_summary(prepared: PreparedData, console: Console) -> None:
     for w in prepared.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if prepared.skipped:
-        console.print(f"[yellow]{len(prepared.skipped)} file(s) skipped as unreadable[/yellow]")
+        console.print(
+            f"[yellow]{len(prepared.skipped)} file(s) skipped (missing or unreadable; "
+            "see the 'skipped' log lines)[/yellow]"
+        )

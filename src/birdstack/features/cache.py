@@ -55,6 +55,7 @@ from birdstack.utils import (
     atomic_write_json,
     file_sha1,
     get_logger,
+    remove_stale_temp_files,
     stable_hash,
 )
 
@@ -432,6 +433,7 @@ class FeatureCache:
             return {}
         from tqdm.auto import tqdm
 
+        remove_stale_temp_files(self.dir, recursive=True)  # left by a killed run
         self._write_settings()
         jobs = {
             sha: (str(paths[idx[0]]), sha, *map(str, self._files(sha)), self.audio, self.spec)

@@ -82,6 +82,9 @@ class BirdClassifier(L.LightningModule):
         self._val_probs: list[torch.Tensor] = []
         self._val_recs: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
+        # one row of figures per finished epoch; saved in every checkpoint, so the history
+        # of a resumed run is whole even when the job was killed right after a checkpoint
+        self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +106,17 @@ class BirdClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), sync_dist=True)
         self.train_metrics.reset()
+        self._record_epoch()
+
+    def _record_epoch(self) -> None:
+        """Append this epoch's ``train/*`` and ``val/*`` figures to :attr:`history`."""
+        if self._trainer is None:
+            return
+        row: dict[str, float] = {"epoch": int(self.current_epoch)}
+        for key, value in sorted(self.trainer.callback_metrics.items()):
+            if key.startswith(("train/", "val/")):
+                row[key] = float(value)
+        self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, rec = batch
@@ -145,6 +159,7 @@ class BirdClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["birdstack"] = self.hparams_for_checkpoint()
+        checkpoint["birdstack_history"] = [dict(r) for r in self.history]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("birdstack", {}).get("classes")
@@ -153,6 +168,7 @@ class BirdClassifier(L.LightningModule):
                 f"the checkpoint was trained on classes {saved}, but this run has "
                 f"{self.class_names}; use the same data selection or start a new run folder"
             )
+        self.history = [dict(r) for r in checkpoint.get("birdstack_history", [])]
 
 
 CHECKPOINT_FORMAT = "birdstack-checkpoint/1"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,14 @@ from birdstack.config import Config, ConfigError, to_dict
 from birdstack.data.datamodule import BirdDataModule
 from birdstack.data.prepare import PreparedData, prepare
 from birdstack.models import create_model_from_config
-from birdstack.training.checkpoint import AtomicCheckpointIO
+from birdstack.training.checkpoint import AtomicCheckpointIO, load_checkpoint
 from birdstack.training.module import OPTIMIZERS, BirdClassifier
-from birdstack.utils import atomic_write_json, atomic_write_text, get_logger
+from birdstack.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    get_logger,
+    remove_stale_temp_files,
+)
 
 log = get_logger("train")
 
@@ -54,6 +59,7 @@ class TrainResult:
     history: pd.DataFrame
     wall_time_s: float
     n_params: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not used
 
 
 def validate_config(cfg: Config) -> None:
@@ -71,6 +77,24 @@ def validate_config(cfg: Config) -> None:
     enc = cfg.preprocessing.encoding
     if enc.kind == "segments" and cfg.preprocessing.window_frames() < 8:
         raise ConfigError("encoding.window_s is too short for a spectrogram input (< 8 frames)")
+    _check_trainer_settings(cfg)
+
+
+def _check_trainer_settings(cfg: Config) -> None:
+    """Let Lightning check accelerator, devices, strategy and precision now, not after prepare."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    t = cfg.trainer
+    # deterministic=None: checking must not switch torch's global deterministic mode
+    kwargs = {**_trainer_kwargs(cfg), "deterministic": None}
+    try:
+        L.Trainer(**kwargs, logger=False, enable_checkpointing=False)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(
+            f"trainer settings accelerator={t.accelerator!r}, devices={t.devices!r}, "
+            f"strategy={t.strategy!r}, num_nodes={t.num_nodes}, precision={t.precision!r} "
+            f"cannot be used here: {e}"
+        ) from None
 
 
 def epoch_history(log_dir: Path) -> pd.DataFrame:
@@ -88,6 +112,15 @@ def epoch_history(log_dir: Path) -> pd.DataFrame:
     raw = pd.concat(frames, ignore_index=True)
     hist = raw.drop(columns=[c for c in ("step",) if c in raw]).groupby("epoch").last()
     return hist.reset_index()
+
+
+def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
+    """One row per epoch (``epoch`` first, then the metric columns sorted, as in the CSV log)."""
+    hist = pd.DataFrame(rows)
+    cols = ["epoch", *sorted(c for c in hist.columns if c != "epoch")]
+    hist = hist[cols].sort_values("epoch").reset_index(drop=True)
+    hist["epoch"] = hist["epoch"].astype(int)
+    return hist
 
 
 def _trainer_kwargs(cfg: Config) -> dict[str, Any]:
@@ -138,7 +171,11 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue "
             "it or choose another --out folder"
         )
+    if resume and last.exists():
+        load_checkpoint(last)  # a checkpoint that is not plain values is refused here, early
     run_dir.mkdir(parents=True, exist_ok=True)
+    for d in (run_dir, run_dir / "data", run_dir / "checkpoints"):
+        remove_stale_temp_files(d)  # left by a run that was killed while writing
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     start = time.perf_counter()
 
@@ -166,6 +203,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
+        # after the epoch's training figures are logged, so a checkpoint holds the whole epoch
+        save_on_train_epoch_end=True,
     )
     callbacks: list[Any] = [ckpt_cb]
     if cfg.trainer.early_stopping_patience is not None:
@@ -192,7 +231,9 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
 
     wall = time.perf_counter() - start
-    history = epoch_history(log_dir)
+    # the module's history comes from the checkpoints (whole even after a kill); the CSV
+    # logs are the fallback
+    history = history_frame(module.history) if module.history else epoch_history(log_dir)
     n_params = sum(p.numel() for p in module.net.parameters())
     best = _best_row(history)
     result = TrainResult(
@@ -203,6 +244,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         history=history,
         wall_time_s=wall,
         n_params=n_params,
+        skipped=list(prepared.skipped),
     )
     if trainer.is_global_zero:
         _write_outputs(result, prepared, (dm.train_records, dm.val_records))
