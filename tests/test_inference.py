@@ -72,7 +72,7 @@ def test_segments_recording_probs_equal_validation_pooling(segments, segments_ru
     assert np.abs(first.numpy() - ours).max() > 1e-4
 
 
-def test_stacked_recording_rule_short_padded_long_windowed(stacked, stacked_run):
+def test_stacked_recording_rule_is_the_training_encoding(stacked, stacked_run):
     pre = stacked.preprocessing
     t, c, top = pre.encoding.target_frames, pre.encoding.channels, pre.spectrogram.top_db
     net, _ = build_model_from_checkpoint(load_checkpoint(stacked_run.checkpoint))
@@ -87,11 +87,15 @@ def test_stacked_recording_rule_short_padded_long_windowed(stacked, stacked_run)
         stacked.recording_probs(short), direct([encode_stacked(short, t, c, top)])[0], atol=1e-6
     )
     long = np.concatenate([db, db[:, ::-1], db], axis=1)[:, : 2 * t + t // 3]
-    n = long.shape[1]
-    starts = list(range(0, n - t + 1, t // 2))
-    starts.append(n - t)  # one aligned to the end so the tail is covered
-    expected = direct([encode_stacked(long[:, s : s + t], t, c, top) for s in starts]).mean(0)
+    # longer than the target: trimmed from both ends, exactly as BirdDataset encodes it
+    expected = direct([encode_stacked(long, t, c, top)])[0]
     np.testing.assert_allclose(stacked.recording_probs(long), expected, atol=1e-6)
+    ds = BirdDataset(_kept(stacked_run).iloc[:1], pre)
+    np.testing.assert_allclose(
+        stacked.recording_probs(db), direct([ds[0][0].numpy()])[0], atol=1e-6
+    )
+    # negative control: the first target-long window is a different input
+    assert np.abs(direct([encode_stacked(long[:, :t], t, c, top)])[0] - expected).max() > 1e-4
 
 
 def test_window_probs_default_is_the_model_span_with_half_overlap(stacked):

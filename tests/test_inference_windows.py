@@ -7,6 +7,7 @@ import pytest
 
 from birdstack.features.encoding import segment_starts
 from birdstack.inference.windows import (
+    CenterRule,
     Detection,
     EndAlignedRule,
     SegmentRule,
@@ -41,8 +42,23 @@ def test_end_aligned_rule_covers_the_tail_without_padding():
         assert all(b - a <= 50 for a, b in zip(starts, starts[1:]))
 
 
+def test_center_rule_matches_training_trim():
+    from birdstack.features.encoding import center_trim
+
+    r = CenterRule(window=100)
+    assert r.starts(60) == [0]  # short: one window, padded by the encoder
+    for n in range(100, 700, 9):
+        x = np.arange(n)[None]
+        (s,) = r.starts(n)
+        np.testing.assert_array_equal(x[:, s : s + 100], center_trim(x, 100))
+        # while streaming, frames before keep_from can never be needed by the final window
+        for seen in range(1, n + 1, 37):
+            assert r.keep_from(0, seen) <= s
+
+
 @pytest.mark.parametrize(
-    "rule", [SegmentRule(100, 50, 0.5), SegmentRule(90, 90, 0.3), EndAlignedRule(100, 50)]
+    "rule",
+    [SegmentRule(100, 50, 0.5), SegmentRule(90, 90, 0.3), EndAlignedRule(100, 50), CenterRule(100)],
 )
 def test_regular_and_tail_windows_partition_all_windows(rule):
     """Streaming emits regular windows as frames arrive and the tail at the end: same set."""

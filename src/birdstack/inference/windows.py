@@ -96,7 +96,48 @@ class EndAlignedRule:
         return [s for s in self.starts(n_frames) if s not in regular]
 
 
-WindowRule = SegmentRule | EndAlignedRule
+@dataclass(frozen=True)
+class CenterRule:
+    """One window of ``window`` frames in the middle (the ``stacked`` training encoding).
+
+    Longer spectrograms lose the same number of frames at both ends (the extra one at
+    the end), shorter ones get one window at 0 that the encoder pads, exactly as
+    :func:`birdstack.features.encoding.center_trim` does in training. Streaming keeps
+    only frames from ``(n - window) // 2`` on (the final middle cannot start earlier),
+    so a long file holds about half of its spectrogram.
+    """
+
+    window: int
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window={self.window} must be >= 1 frame")
+
+    def regular_until(self, available: int) -> list[int]:
+        """No window can be placed before the total length is known."""
+        return []
+
+    def starts(self, n_frames: int) -> list[int]:
+        """The single, centred start frame."""
+        return [max(0, (n_frames - self.window) // 2)]
+
+    def tail(self, n_frames: int) -> list[int]:
+        """The centred window, scheduled once the length is known."""
+        return self.starts(n_frames)
+
+    def keep_from(self, next_k: int, available: int) -> int:
+        """First frame the centred window may still need."""
+        return max(0, (available - self.window) // 2)
+
+
+WindowRule = SegmentRule | EndAlignedRule | CenterRule
+
+
+def keep_from(rule: WindowRule, next_k: int, available: int) -> int:
+    """First frame that windows of ``rule`` not yet scheduled may still need."""
+    if isinstance(rule, CenterRule):
+        return rule.keep_from(next_k, available)
+    return next_k * rule.hop
 
 
 def seconds_to_frames(seconds: float, sample_rate: int, hop_length: int) -> int:
