@@ -83,7 +83,7 @@ def plot_confusion(
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.6 * k), max(4.0, 0.8 + 0.55 * k)))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):

@@ -57,7 +57,7 @@ from birdstack.config import (
     load_yaml,
     load_yaml_with_base,
 )
-from birdstack.utils import atomic_write_json, get_logger
+from birdstack.utils import atomic_write_json, atomic_write_text, get_logger
 
 log = get_logger("sweep")
 
@@ -453,8 +453,6 @@ def execute_run(run: RunSpec, console: Console) -> str:
     except KeyboardInterrupt:
         raise
     except Exception as e:  # one failing run must not stop the others
-        from birdstack.utils import atomic_write_text
-
         atomic_write_text(err, "".join(traceback.format_exception(e)))
         console.print(f"[red]run {run.name} failed:[/red] {type(e).__name__}: {e} (see {err})")
         return "failed"
@@ -510,7 +508,8 @@ def run_sweep(
             ],
         },
     )
-    (out / "experiment.yaml").write_text(
+    atomic_write_text(
+        out / "experiment.yaml",
         yaml.safe_dump(
             {
                 "name": exp.name,
@@ -522,7 +521,6 @@ def run_sweep(
             },
             sort_keys=False,
         ),
-        encoding="utf-8",
     )
     start = time.perf_counter()
     states: dict[str, str] = {}
