@@ -195,7 +195,8 @@ def _write_report(
         f"{why}.",
         "",
         f"Model: `{cfg.model.name}` ({res.get('n_params', 0):,} parameters), "
-        f"{cfg.optim.name} lr {cfg.optim.lr:g}, batch {cfg.trainer.batch_size}, "
+        f"{cfg.optim.name} lr {cfg.optim.lr:g} ({cfg.optim.scheduler} schedule), "
+        f"batch {cfg.trainer.batch_size}, "
         f"{cfg.trainer.epochs} epochs; best epoch {res['best_epoch'] + 1} (lowest validation "
         f"loss {best.get('val/loss', float('nan')):.3f}).",
         "",
