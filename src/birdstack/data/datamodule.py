@@ -138,7 +138,8 @@ class BirdDataModule(L.LightningDataModule):
             shuffle=bool(train and sampler is None),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            # a last training batch of one or two samples makes BatchNorm's statistics erratic
+            drop_last=bool(train and len(ds) > self.batch_size),
         )
 
     def train_dataloader(self) -> DataLoader:
