@@ -24,10 +24,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import soxr
+import torch
 
 from birdstack.cli.main import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_SKIPPED
 from test_reliability import (
-    CHILD_ENV,
+    child_env,
     chirps,
     leftover_temp_files,
     log_text,
@@ -130,7 +131,7 @@ def _prepare(corpus: Path, tmp: Path, *extra: str) -> subprocess.CompletedProces
         encoding="utf-8",
         errors="replace",
         timeout=600,
-        env=CHILD_ENV,
+        env=child_env(),
     )
 
 
@@ -283,7 +284,19 @@ CONFIG_ERRORS = [
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"), CONFIG_ERRORS, ids=[" ".join(a) for a, _ in CONFIG_ERRORS]
+    ("argv", "message"),
+    [
+        *CONFIG_ERRORS,
+        pytest.param(
+            ["train", "--accelerator", "gpu"],
+            "No supported gpu backend found",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available() or torch.backends.mps.is_available(),
+                reason="a GPU is present",
+            ),
+        ),
+    ],
+    ids=[" ".join(a) for a, _ in CONFIG_ERRORS] + ["train --accelerator gpu"],
 )
 def test_configuration_errors_exit_2_before_any_work(tmp_path, monkeypatch, caplog, argv, message):
     cmd, *opts = argv
@@ -331,27 +344,17 @@ def test_more_channels_than_frames_from_the_length_rule(tmp_path, monkeypatch, c
 _RSS_SCRIPT = """
 import resource, sys
 from birdstack.cli.main import main
-rc = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-sys.exit(rc)
+short, long = sys.argv[1:3]
+for name, argv in (("SHORT", short), ("LONG", long)):
+    rc = main(argv.split("|"))
+    assert rc == 0, rc
+    print(name, "MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
 """
-
-
-def _peak_rss_mb(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", _RSS_SCRIPT, *argv],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=CHILD_ENV,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    kb = int(re.search(r"MAXRSS_KB (\d+)", proc.stdout).group(1))
-    return kb / 1024, proc
 
 
 @pytest.mark.slow
 def test_one_hour_file_is_predicted_in_bounded_memory(tmp_path):
+    """Peak memory of one process: a 1-minute file first, then a 1-hour one."""
     sr, minutes = 8000, 60
     long = tmp_path / "long" / "one_hour.wav"
     short = tmp_path / "short" / "one_minute.wav"
@@ -363,22 +366,30 @@ def test_one_hour_file_is_predicted_in_bounded_memory(tmp_path):
             fh.write(minute)
     sf.write(short, minute, sr, subtype="PCM_16")
     ckpt = make_checkpoint(tmp_path / "m.ckpt", ["a_b", "c_d"])  # 16 kHz model: resampled
-    common = ["--no-progress", "--threads", "1", "--format", "csv", "json"]
-    base_mb, _ = _peak_rss_mb(
-        ["predict", str(ckpt), str(short), "--out", str(tmp_path / "s"), *common]
+    common = "|--no-progress|--threads|1|--format|csv|json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _RSS_SCRIPT,
+            f"predict|{ckpt}|{short}|--out|{tmp_path / 's'}{common}",
+            f"predict|{ckpt}|{long}|--out|{tmp_path / 'l'}{common}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=child_env(),
     )
-    peak_mb, proc = _peak_rss_mb(
-        ["predict", str(ckpt), str(long), "--out", str(tmp_path / "l"), *common]
-    )
-    assert "predicted 1 recording(s)" in proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = {k: int(v) / 1024 for k, v in re.findall(r"(SHORT|LONG) MAXRSS_KB (\d+)", proc.stdout)}
     rec = pd.read_csv(tmp_path / "l" / "recordings.csv")
     assert len(rec) == 2 and (rec["file"] == str(long)).all()
     det = pd.read_csv(tmp_path / "l" / "detections.csv")
     assert det["end_s"].max() == pytest.approx(3600.0, abs=0.5)
-    # decoding the whole hour (float32 at 8 kHz) and resampling it (16 kHz) needs 345 MB
+    # decoding the whole hour (float32 at 8 kHz) and resampling it (16 kHz) needs 330 MiB
     whole_file_mb = sr * 60 * minutes * 4 * (1 + 2) / 2**20
     assert whole_file_mb > 300
-    assert peak_mb - base_mb < 100, (peak_mb, base_mb)
+    assert peak["LONG"] - peak["SHORT"] < 100, peak
 
 
 # ----------------------------------------------------------------------------- train and sweep

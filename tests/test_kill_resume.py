@@ -27,7 +27,13 @@ import soundfile as sf
 
 from birdstack.cli.main import build_parser, config_from_args
 from birdstack.training.checkpoint import load_checkpoint
-from test_reliability import CHILD_ENV, chirps, leftover_temp_files, make_checkpoint
+from test_reliability import (
+    child_env,
+    chirps,
+    leftover_temp_files,
+    make_checkpoint,
+    run_cli,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 
@@ -35,6 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 DATA = ["--top-k", "2", "--folds", "2", "--short", "pad", "--workers", "1", "--no-progress"]
 TRAIN = ["--epochs", "3", "--batch-size", "8", "--accelerator", "cpu"]
 HISTORY = ["train/loss", "val/loss", "val/acc"]
+N_RECORDINGS = 6  # predict
 
 
 def _cli(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -43,7 +50,7 @@ def _cli(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "birdstack.cli.main", *argv],
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env=CHILD_ENV,
+            env=child_env(),
         )
 
 
@@ -80,7 +87,7 @@ with atomic_path(sys.argv[1]) as tmp:
 
 def _killed_mid_write(target: Path) -> None:
     """Leave what a job killed inside ``atomic_path(target)`` leaves: a temporary file."""
-    proc = subprocess.run([sys.executable, "-c", _HALF_WRITE, str(target)], env=CHILD_ENV)
+    proc = subprocess.run([sys.executable, "-c", _HALF_WRITE, str(target)], env=child_env())
     assert proc.returncode == -signal.SIGKILL
     assert leftover_temp_files(target.parent), "no temporary file was left"
 
@@ -140,7 +147,7 @@ def test_prepare_killed_after_the_first_cached_file(demo_dir, tmp_path):
 # ----------------------------------------------------------------------------- train / sweep
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: modules of one worker interleave
 def reference_run(demo_dir, cache_dir, tmp_path_factory) -> Path:
     """An uninterrupted 3-epoch run (same settings and thread count as the killed ones)."""
     out = tmp_path_factory.mktemp("reference") / "run"
@@ -210,11 +217,11 @@ def test_sweep_killed_inside_a_run_resumes_to_the_same_metrics(
 # ----------------------------------------------------------------------------- predict
 
 
-def test_predict_killed_after_the_first_output_resumes_to_the_same_files(tmp_path):
+def test_predict_killed_after_the_first_output_resumes_to_the_same_files(tmp_path, monkeypatch):
     audio = tmp_path / "audio"
-    for i in range(8):
+    for i in range(N_RECORDINGS):
         (audio / f"site{i % 2}").mkdir(parents=True, exist_ok=True)
-        sf.write(audio / f"site{i % 2}" / f"rec {i}.wav", chirps(60.0, 16000, seed=i), 16000)
+        sf.write(audio / f"site{i % 2}" / f"rec {i}.wav", chirps(30.0, 16000, seed=i), 16000)
     ckpt = make_checkpoint(tmp_path / "model.ckpt", ["a_b", "c_d", "e_f"])
     common = ["predict", str(ckpt), str(audio), "--no-progress", "--threads", "1"]
     common += ["--format", "csv", "raven", "json", "--min-confidence", "0", "--decode-workers", "1"]
@@ -224,7 +231,7 @@ def test_predict_killed_after_the_first_output_resumes_to_the_same_files(tmp_pat
     _kill_when(_cli([*common, "--out", str(out)], log), lambda: any(parts.rglob("*.json")), log)
 
     done = sorted(parts.rglob("*.json"))
-    assert 1 <= len(done) < 8
+    assert 1 <= len(done) < N_RECORDINGS
     for p in done:
         json.loads(p.read_text())  # whole
     assert not (out / "detections.csv").exists()  # the combined files are written last
@@ -236,11 +243,18 @@ def test_predict_killed_after_the_first_output_resumes_to_the_same_files(tmp_pat
     assert f"{len(done)} already done" in text
     assert {p: p.stat().st_mtime_ns for p in done} == stamps  # not predicted again
 
-    _finish([*common, "--out", str(tmp_path / "ref")], tmp_path / "ref.log")
+    # uninterrupted, in this process (one intra-op thread, like the child processes)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        assert run_cli([*common, "--out", str(tmp_path / "ref")], monkeypatch) == 0
+    finally:
+        torch.set_num_threads(threads)
     for name in ("detections.csv", "recordings.csv", "predictions.json"):
         assert (out / name).read_text() == (tmp_path / "ref" / name).read_text(), name
     ravens = sorted(p.relative_to(out) for p in (out / "raven").rglob("*.txt"))
-    assert len(ravens) == 8
+    assert len(ravens) == N_RECORDINGS
     for r in ravens:
         assert (out / r).read_text() == (tmp_path / "ref" / r).read_text()
     assert leftover_temp_files(out) == []

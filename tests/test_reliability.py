@@ -1,8 +1,8 @@
 """Untrusted files: checkpoints and YAML files crafted to run code on load are refused.
 
 Also the helpers shared by ``test_bad_inputs.py`` and ``test_kill_resume.py``: running the
-CLI in this process (exit code plus log records) or as a subprocess, and a small
-birdstack checkpoint made without training.
+CLI in this process (exit code plus log records), the environment of child processes,
+and a small birdstack checkpoint made without training.
 """
 
 from __future__ import annotations
@@ -28,9 +28,18 @@ from birdstack.training.checkpoint import load_checkpoint
 from birdstack.training.module import CHECKPOINT_FORMAT
 from birdstack.utils import BadInputError
 
-# one intra-op thread in every child process: results comparable across processes, and
-# no oversubscription when two test workers share two cores
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# torch warns about the protocol of the hand-made pickles
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of child processes: this test's (its isolated caches), one thread.
+
+    One intra-op thread makes results comparable across processes, and avoids
+    oversubscription when two test workers share two cores.
+    """
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 
 # small features so that model calls are cheap (16 kHz, 16 mel bands, 2048-sample hop)
 TINY_PREPROCESSING: dict[str, Any] = {
@@ -54,17 +63,6 @@ def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
         return cli_main.main(argv)
     except SystemExit as e:
         return int(e.code or 0)
-
-
-def run_cli_process(argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``python -m birdstack.cli.main ARGV`` as a child process (captured output)."""
-    return subprocess.run(
-        [sys.executable, "-m", "birdstack.cli.main", *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=CHILD_ENV,
-    )
 
 
 def log_text(caplog: pytest.LogCaptureFixture) -> str:
@@ -132,9 +130,6 @@ def _hostile_checkpoints(d: Path, marker: Path) -> list[Path]:
     # the payload is real: unpickling it without the safe loader would create the marker
     assert b"system" in bare.read_bytes() and not marker.exists()
     return [inside, bare]
-
-
-pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 
 
 def test_hostile_checkpoint_is_refused_by_the_loader(tmp_path):
@@ -234,7 +229,7 @@ def test_leftovers_of_killed_writes_are_removed_and_live_ones_kept(tmp_path):
         "import os, sys\nfrom birdstack.utils import atomic_path\n"
         "with atomic_path(sys.argv[1]) as t:\n    t.write_text('half')\n    os.kill(os.getpid(), 9)"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=CHILD_ENV)
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=child_env())
     assert proc.returncode == -9 and not target.exists()
     dead = leftover_temp_files(tmp_path)
     assert len(dead) == 1 and dead[0].parent == target.parent
