@@ -83,6 +83,9 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet_compact,resnet18")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from birdstack.cli.main import quiet_lightning
+
+    quiet_lightning()
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Config.from_dict(
