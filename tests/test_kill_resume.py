@@ -107,7 +107,7 @@ def test_prepare_killed_after_the_first_cached_file(demo_dir, tmp_path):
 
     # nothing final-named is partial: every entry's metadata parses, every .npy loads whole
     done = _entries(cache)
-    assert 1 <= len(done) < 16
+    assert len(done) >= 1
     for meta_path in done:
         meta = json.loads(meta_path.read_text())
         db = np.load(meta_path.with_suffix(".npy"), allow_pickle=False)
@@ -118,7 +118,9 @@ def test_prepare_killed_after_the_first_cached_file(demo_dir, tmp_path):
 
     _killed_mid_write(done[0].with_suffix(".npy"))
     text = _finish(argv, log)
-    assert f"computed features of {16 - len(done)} file(s)" in text  # the rest only
+    total = len(_entries(cache))
+    assert len(done) < total
+    assert f"computed features of {total - len(done)} file(s)" in text  # the rest only
     assert leftover_temp_files(cache, out) == []
 
     # the same as an uninterrupted run (in this process, with a cache of its own)
