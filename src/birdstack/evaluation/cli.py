@@ -93,6 +93,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run ``birdstack sweep``."""
+    from birdstack.cli.main import _skip_exit
     from birdstack.evaluation.sweep import parse_folds, parse_seeds, run_sweep, sweep_command
 
     res = run_sweep(
@@ -117,7 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return EXIT_FAIL
     print(f"results: {res.out_dir / 'results.md'}\nreport: {res.report}")
-    return EXIT_OK
+    return _skip_exit(len(res.skipped), args)
 
 
 # ----------------------------------------------------------------------------- demo

@@ -57,7 +57,12 @@ from birdstack.config import (
     load_yaml,
     load_yaml_with_base,
 )
-from birdstack.utils import atomic_write_json, atomic_write_text, get_logger
+from birdstack.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    get_logger,
+    remove_stale_temp_files,
+)
 
 log = get_logger("sweep")
 
@@ -139,6 +144,7 @@ class SweepResult:
     report: Path | None
     failed: list[str]
     wall_time_s: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -429,8 +435,13 @@ def print_plan(runs: Sequence[RunSpec], console: Console) -> None:
     console.print(table)
 
 
-def execute_run(run: RunSpec, console: Console) -> str:
-    """Train one run (resuming if it can); returns ``done``, ``skipped`` or ``failed``."""
+def execute_run(
+    run: RunSpec, console: Console, skipped: list[tuple[str, str]] | None = None
+) -> str:
+    """Train one run (resuming if it can); returns ``done``, ``skipped`` or ``failed``.
+
+    Input files the run skipped as unreadable are appended to ``skipped``.
+    """
     from birdstack.training.train import train
 
     state = run.status()
@@ -449,7 +460,9 @@ def execute_run(run: RunSpec, console: Console) -> str:
     )
     err = d / "error.txt"
     try:
-        train(run.config, resume=state == "resume")
+        result = train(run.config, resume=state == "resume")
+        if skipped is not None:
+            skipped.extend(result.skipped)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # one failing run must not stop the others
@@ -489,12 +502,17 @@ def run_sweep(
     out = Path(out_dir) if out_dir is not None else Path("outputs") / "sweeps" / exp.name
     runs = plan_runs(exp, out, data, epochs, folds, seeds, overrides, progress)
     check_existing(runs)
+    from birdstack.training.train import validate_config
+
+    for run in runs:  # configuration errors of any run stop the sweep before the first one
+        validate_config(run.config)
     console.print(f"[bold]sweep {exp.name}[/bold] -> {out}")
     print_plan(runs, console)
     if dry_run:
         return SweepResult(out, runs, pd.DataFrame(), pd.DataFrame(), None, [], 0.0)
 
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)  # left by a sweep killed while writing
     atomic_write_json(
         out / "sweep.json",
         {
@@ -524,11 +542,12 @@ def run_sweep(
     )
     start = time.perf_counter()
     states: dict[str, str] = {}
+    skipped: list[tuple[str, str]] = []
     for i, run in enumerate(runs, 1):
         state = run.status()
         verb = {"done": "skip (finished)", "resume": "resume", "failed": "retry"}.get(state, "run")
         console.rule(f"[{i}/{len(runs)}] {run.name}: {verb}")
-        states[run.name] = execute_run(run, console)
+        states[run.name] = execute_run(run, console, skipped)
     wall = time.perf_counter() - start
 
     rep = report.write_sweep_report(
@@ -542,7 +561,9 @@ def run_sweep(
         progress=progress,
     )
     failed = [r.name for r in runs if rep.per_run.set_index("run").loc[r.name, "status"] != "done"]
-    return SweepResult(out, runs, rep.per_run, rep.table, rep.report, failed, wall)
+    return SweepResult(
+        out, runs, rep.per_run, rep.table, rep.report, failed, wall, sorted(set(skipped))
+    )
 
 
 def sweep_command() -> str:

@@ -57,7 +57,7 @@ def target_frames_rule(
 
 
 def center_trim(db: np.ndarray, target: int) -> np.ndarray:
-    """Trim ``[..., frames]`` equally from both ends to ``target`` frames (extra frame off the end)."""
+    """Trim ``[..., frames]`` equally from both ends to ``target`` frames (odd one off the end)."""
     n = db.shape[-1]
     if n <= target:
         return db
@@ -75,7 +75,7 @@ def pad_frames(x: np.ndarray, target: int, value: float = 0.0) -> np.ndarray:
 
 
 def stack_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """``[n_mels, T]`` -> ``[channels, n_mels, T // channels]``: channel i is the i-th time segment."""
+    """``[n_mels, T]`` -> ``[channels, n_mels, T // channels]``: channel i = i-th time segment."""
     n_mels, t = x.shape
     if t % channels:
         raise ValueError(f"{t} frames do not split into {channels} equal segments")
@@ -98,8 +98,8 @@ def segment_starts(n_frames: int, window: int, hop: int, min_last: float) -> lis
     """Start frames of the ``segments`` windows over a spectrogram of ``n_frames``.
 
     Full windows every ``hop`` frames; then a last partial window when it holds at
-    least ``min_last`` of a window (and the end is not covered yet); a recording shorter than one window gets one
-    (padded) window at 0.
+    least ``min_last`` of a window (and the end is not covered yet); a recording
+    shorter than one window gets one (padded) window at 0.
     """
     if n_frames <= window:
         return [0]

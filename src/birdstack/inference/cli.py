@@ -237,7 +237,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from birdstack.cli.main import _skip_exit
     from birdstack.inference.predictor import Predictor
     from birdstack.inference.writers import OutputOptions, PredictionWriter
-    from birdstack.utils import BadInputError, SkipLog, file_sha1, get_logger
+    from birdstack.utils import (
+        BadInputError,
+        SkipLog,
+        file_sha1,
+        get_logger,
+        remove_stale_temp_files,
+    )
 
     log = get_logger("predict")
     if args.top_k < 1:
@@ -287,6 +293,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "window_s": round(length * spf, 6),
         "hop_s": round(table.hop * spf, 6),
     }
+    remove_stale_temp_files(args.out, recursive=True)  # left by a predict killed mid-write
     writer = PredictionWriter(args.out, opts, model_block)
 
     skips = SkipLog()
