@@ -25,7 +25,7 @@ import birdstack
 from birdstack.config import Config, ConfigError
 from birdstack.utils import BadInputError, atomic_write_text
 
-DEMO_EPOCHS = 24
+DEMO_EPOCHS = 60
 DEMO_BATCH = 8
 DEMO_LR = 0.003
 # short=drop (the study's rule) is used unless it keeps less than this share of the
