@@ -9,7 +9,6 @@ from birdstack.features.encoding import segment_starts
 from birdstack.inference.windows import (
     CenterRule,
     Detection,
-    EndAlignedRule,
     SegmentRule,
     merge_detections,
     seconds_to_frames,
@@ -30,18 +29,6 @@ def test_segment_rule_is_the_training_rule_with_overlap_and_partial_last_window(
             assert SegmentRule(w, h, m).starts(n) == segment_starts(n, w, h, m)
 
 
-def test_end_aligned_rule_covers_the_tail_without_padding():
-    r = EndAlignedRule(window=100, hop=50)
-    assert r.starts(100) == [0]
-    assert r.starts(60) == [0]  # short: scored once (padded by the encoder)
-    assert r.starts(150) == [0, 50]  # the last regular window already ends at the end
-    assert r.starts(260) == [0, 50, 100, 150, 160]
-    for n in range(101, 1000, 13):
-        starts = r.starts(n)
-        assert starts[-1] + 100 == n and all(s + 100 <= n for s in starts)
-        assert all(b - a <= 50 for a, b in zip(starts, starts[1:]))
-
-
 def test_center_rule_matches_training_trim():
     from birdstack.features.encoding import center_trim
 
@@ -58,7 +45,7 @@ def test_center_rule_matches_training_trim():
 
 @pytest.mark.parametrize(
     "rule",
-    [SegmentRule(100, 50, 0.5), SegmentRule(90, 90, 0.3), EndAlignedRule(100, 50), CenterRule(100)],
+    [SegmentRule(100, 50, 0.5), SegmentRule(90, 90, 0.3), CenterRule(100)],
 )
 def test_regular_and_tail_windows_partition_all_windows(rule):
     """Streaming emits regular windows as frames arrive and the tail at the end: same set."""

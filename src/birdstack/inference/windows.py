@@ -17,12 +17,12 @@ window at 0::
     >>> SegmentRule(window=100, hop=50, min_last=0.5).starts(260)
     [0, 50, 100, 150, 200]
 
-``end-aligned`` (:class:`EndAlignedRule`, the stacked models' recording rule):
-full windows every ``hop`` frames plus one aligned to the end so the tail is
-covered; a spectrogram not longer than one window is scored once::
+``centre`` (:class:`CenterRule`, the stacked models' recording rule): one window
+in the middle, exactly as training trims a recording; a spectrogram not longer
+than one window is scored once (padded)::
 
-    >>> EndAlignedRule(window=100, hop=50).starts(260)
-    [0, 50, 100, 150, 160]
+    >>> CenterRule(window=100).starts(260)
+    [80]
 
 Windows are merged into detections with :func:`merge_detections`.
 """
@@ -65,38 +65,6 @@ class SegmentRule:
 
 
 @dataclass(frozen=True)
-class EndAlignedRule:
-    """Full windows every ``hop`` plus one ending at the last frame (no padding but when short)."""
-
-    window: int
-    hop: int
-
-    def __post_init__(self) -> None:
-        if self.window < 1 or self.hop < 1:
-            raise ValueError(f"window={self.window} and hop={self.hop} must be >= 1 frame")
-
-    def regular_until(self, available: int) -> list[int]:
-        """Start frames of the full windows that fit in the first ``available`` frames."""
-        if available < self.window:
-            return []
-        return list(range(0, available - self.window + 1, self.hop))
-
-    def starts(self, n_frames: int) -> list[int]:
-        """All start frames for a spectrogram of ``n_frames``."""
-        if n_frames <= self.window:
-            return [0]
-        starts = self.regular_until(n_frames)
-        if starts[-1] != n_frames - self.window:
-            starts.append(n_frames - self.window)
-        return starts
-
-    def tail(self, n_frames: int) -> list[int]:
-        """Start frames that are not regular windows (known only once ``n_frames`` is)."""
-        regular = set(self.regular_until(n_frames))
-        return [s for s in self.starts(n_frames) if s not in regular]
-
-
-@dataclass(frozen=True)
 class CenterRule:
     """One window of ``window`` frames in the middle (the ``stacked`` training encoding).
 
@@ -130,7 +98,7 @@ class CenterRule:
         return max(0, (available - self.window) // 2)
 
 
-WindowRule = SegmentRule | EndAlignedRule | CenterRule
+WindowRule = SegmentRule | CenterRule
 
 
 def keep_from(rule: WindowRule, next_k: int, available: int) -> int:

@@ -24,6 +24,7 @@ from birdstack.models.registry import (
     load_matching,
     load_state_dict_file,
     register_model,
+    wrap_backbone,
 )
 from birdstack.utils import BadInputError, BirdstackError
 
@@ -93,15 +94,4 @@ def efficientnet_lite0(args: ModelArgs) -> BirdNet:
     first = replace_first_conv(net, args.in_chans, args.pretrained, args.adapt, name="conv_stem")
     linear = net.get_classifier()
     net.reset_classifier(0)  # forward now returns the pooled embedding
-    model = BirdNet(
-        net,
-        linear.in_features,
-        args.num_classes,
-        args.in_chans,
-        args.dropout,
-        first_conv=f"backbone.{first}",
-    )
-    if args.pretrained and args.num_classes == linear.out_features:
-        model.set_head(linear)
-    model.pretrained_from = source
-    return model
+    return wrap_backbone(net, linear, args, first, source)

@@ -120,6 +120,25 @@ class BirdNet(nn.Module):
 Builder = Callable[[ModelArgs], BirdNet]
 
 
+def wrap_backbone(
+    net: nn.Module, linear: nn.Linear, args: ModelArgs, first: str, source: str | None
+) -> BirdNet:
+    """A :class:`BirdNet` around a headless backbone; ``linear`` is the backbone's old head,
+    kept when it was loaded pretrained and ``num_classes`` equals its size."""
+    model = BirdNet(
+        net,
+        linear.in_features,
+        args.num_classes,
+        args.in_chans,
+        args.dropout,
+        first_conv=f"backbone.{first}",
+    )
+    if args.pretrained and args.num_classes == linear.out_features:
+        model.set_head(linear)
+    model.pretrained_from = source
+    return model
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """A registered model: its builder and whether pretrained weights exist for it."""

@@ -27,6 +27,7 @@ from birdstack.models.registry import (
     load_matching,
     load_state_dict_file,
     register_model,
+    wrap_backbone,
 )
 from birdstack.utils import BadInputError, BirdstackError
 
@@ -95,18 +96,7 @@ def build_torchvision(
     if not isinstance(linear, nn.Linear):
         raise TypeError(f"{args.name}.{head} does not end with a Linear layer")
     setattr(net, head, nn.Identity())
-    model = BirdNet(
-        net,
-        linear.in_features,
-        args.num_classes,
-        args.in_chans,
-        args.dropout,
-        first_conv=f"backbone.{first}",
-    )
-    if args.pretrained and args.num_classes == linear.out_features:
-        model.set_head(linear)
-    model.pretrained_from = source
-    return model
+    return wrap_backbone(net, linear, args, first, source)
 
 
 @register_model(pretrained=True)
