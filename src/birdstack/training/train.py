@@ -60,6 +60,9 @@ class TrainResult:
     wall_time_s: float
     n_params: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not used
+    net: torch.nn.Module | None = field(
+        default=None, repr=False
+    )  # the trained network (last epoch)
 
 
 def validate_config(cfg: Config) -> None:
@@ -200,13 +203,22 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         filename="best",
         monitor="val/loss",
         mode="min",
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
         # after the epoch's training figures are logged, so a checkpoint holds the whole epoch
         save_on_train_epoch_end=True,
     )
-    callbacks: list[Any] = [ckpt_cb]
+    # Lightning 2.6 writes save_last only when the monitored checkpoint improved; --resume
+    # needs the latest epoch, so "last" is its own checkpoint, rewritten after every epoch.
+    last_cb = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    callbacks: list[Any] = [ckpt_cb, last_cb]
     if cfg.trainer.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(
@@ -245,6 +257,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         wall_time_s=wall,
         n_params=n_params,
         skipped=list(prepared.skipped),
+        net=module.net.eval(),
     )
     if trainer.is_global_zero:
         _write_outputs(result, prepared, (dm.train_records, dm.val_records))
