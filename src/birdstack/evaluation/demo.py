@@ -207,10 +207,8 @@ def _write_report(
         f"(Training log at that epoch: val/acc {best.get('val/acc', float('nan')):.3f}, "
         f"val/f1_macro {best.get('val/f1_macro', float('nan')):.3f}.)",
         "",
-        "The training log scores one centre-trimmed input per recording; the evaluation "
-        "uses the predictor's documented recording rule (inputs of the target length every "
-        "half target, plus one aligned to the end, probabilities averaged), so the two can "
-        "differ for recordings longer than the target. With a handful of validation "
+        "Training and evaluation encode each recording the same way (trimmed from both "
+        "ends to the target, or padded), so the two agree. With a handful of validation "
         "recordings per class these numbers move a lot between folds and seeds; "
         "`birdstack sweep` runs all folds.",
         "",
