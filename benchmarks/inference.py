@@ -149,15 +149,7 @@ def run_one(
         def decode() -> int:
             return sum(b.size for b in stream_audio(audio, 32000, block_s=60.0))
 
-        with PeakRSS() as mem:
-            wall, cpu, _ = _best_of(repeat, decode)
-        return {
-            "seconds": seconds,
-            "wall": wall,
-            "cpu": cpu,
-            "peak_rss": mem.peak,
-            "base_rss": mem.base,
-        }
+        return _measure(seconds, repeat, decode)[0]
 
     from birdstack.inference.predictor import Predictor, iter_ahead
 
@@ -168,15 +160,7 @@ def run_one(
         def features() -> int:
             return sum(c.shape[1] for c in iter_ahead(pred.file_chunks(audio)))
 
-        with PeakRSS() as mem:
-            wall, cpu, _ = _best_of(repeat, features)
-        return {
-            "seconds": seconds,
-            "wall": wall,
-            "cpu": cpu,
-            "peak_rss": mem.peak,
-            "base_rss": mem.base,
-        }
+        return _measure(seconds, repeat, features)[0]
 
     assert ckpt is not None
     onnx_path = None
@@ -186,17 +170,26 @@ def run_one(
         onnx_path = export_onnx(ckpt, ckpt.with_suffix(".onnx"))
     pred = Predictor.from_checkpoint(ckpt, runtime=runtime, onnx_path=onnx_path, threads=threads)
     pred.predict(__import__("numpy").zeros(32000 * 40, "float32"))  # warm-up
-    with PeakRSS() as mem:
-        wall, cpu, result = _best_of(repeat, lambda: pred.predict(audio))
+    figures, result = _measure(seconds, repeat, lambda: pred.predict(audio))
     return {
+        **figures,
+        "windows": int(len(result.starts_s)),
+        "input_shape": list(pred.preprocessing.input_shape()),
+    }
+
+
+def _measure(seconds: float, repeat: int, fn) -> tuple[dict, object]:
+    """Best-of-``repeat`` wall and CPU time of ``fn`` with its peak RSS; and its last result."""
+    with PeakRSS() as mem:
+        wall, cpu, result = _best_of(repeat, fn)
+    figures = {
         "seconds": seconds,
         "wall": wall,
         "cpu": cpu,
         "peak_rss": mem.peak,
         "base_rss": mem.base,
-        "windows": int(len(result.starts_s)),
-        "input_shape": list(pred.preprocessing.input_shape()),
     }
+    return figures, result
 
 
 def _subprocess(args: list[str]) -> dict:
