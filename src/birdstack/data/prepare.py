@@ -31,8 +31,14 @@ from rich.console import Console
 from rich.table import Table
 
 from birdstack.config import ConfigError, DataConfig, Preprocessing, to_dict
-from birdstack.data.metadata import load_metadata
-from birdstack.data.selection import balance, drop_secondary, encode_labels, select_species
+from birdstack.data.metadata import load_metadata, split_missing
+from birdstack.data.selection import (
+    balance,
+    drop_secondary,
+    encode_labels,
+    filter_species,
+    select_species,
+)
 from birdstack.data.split import assign_folds
 from birdstack.features.cache import FeatureCache
 from birdstack.features.encoding import target_frames_rule
@@ -88,6 +94,12 @@ class PreparedData:
         return self.manifest[~self.manifest["dropped"]].reset_index(drop=True)
 
 
+def _drop_rows(df: pd.DataFrame, dropped: pd.DataFrame) -> None:
+    """Mark the rows of ``dropped`` (a rule's ``(kept, dropped)`` output) with their reasons."""
+    if len(dropped):
+        _drop(df, df.index.isin(dropped.index), dropped["drop_reason"].reindex(df.index))
+
+
 def _drop(df: pd.DataFrame, mask: pd.Series, reason: str | pd.Series) -> None:
     sel = mask & ~df["dropped"]
     df.loc[sel, "dropped"] = True
@@ -109,7 +121,7 @@ def prepare(
     df["drop_reason"] = ""
     df["padded"] = False
     if "exists" in df:
-        _drop(df, ~df["exists"].astype(bool), "file not found")
+        _drop_rows(df, split_missing(df)[1])
 
     # 2. species selection
     classes = select_species(
@@ -118,7 +130,7 @@ def prepare(
         species=data.species,
         min_recordings=data.min_recordings,
     )
-    _drop(df, ~df["primary_label"].isin(classes), "species not selected")
+    _drop_rows(df, filter_species(df[~df["dropped"]], classes)[1])
     # files of the selected species that are listed but missing or unreadable are skipped:
     # one log line each (file and reason), counted in the summary and the exit code
     skips = SkipLog()
@@ -128,9 +140,7 @@ def prepare(
 
     # 3. secondary labels naming a kept species
     if data.drop_secondary:
-        _, dropped = drop_secondary(df[~df["dropped"]], classes)
-        if len(dropped):
-            _drop(df, df.index.isin(dropped.index), dropped["drop_reason"].reindex(df.index))
+        _drop_rows(df, drop_secondary(df[~df["dropped"]], classes)[1])
 
     # features for every recording still in play
     cache = FeatureCache(
@@ -192,9 +202,7 @@ def prepare(
 
     # 5. balance
     if data.balance:
-        _, dropped = balance(df[~df["dropped"]], seed=data.seed)
-        if len(dropped):
-            _drop(df, df.index.isin(dropped.index), dropped["drop_reason"].reindex(df.index))
+        _drop_rows(df, balance(df[~df["dropped"]], seed=data.seed)[1])
 
     # 6. folds
     folded, report = assign_folds(

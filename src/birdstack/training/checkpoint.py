@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
-from birdstack.config import Config, Preprocessing, from_dict
+from birdstack.config import Preprocessing, from_dict
 from birdstack.utils import BadInputError, atomic_path
 
 
@@ -94,8 +94,3 @@ def build_model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, Checkp
     net.load_state_dict(state)
     net.eval()
     return net, info
-
-
-def config_from_checkpoint(ckpt: dict[str, Any]) -> Config:
-    """The training config stored in a checkpoint."""
-    return Config.from_dict(ckpt["birdstack"].get("config", {}))
