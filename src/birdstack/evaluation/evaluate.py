@@ -10,9 +10,9 @@ folder per species) can be scored. Spectrograms come from the
 :class:`~birdstack.features.cache.FeatureCache` with the checkpoint's audio and
 spectrogram settings, and every recording is scored with
 :meth:`birdstack.inference.predictor.Predictor.recording_probs` (the documented
-recording-level rule; for a ``stacked`` model a recording longer than its input is
-covered by several half-overlapping inputs whose probabilities are averaged, so the
-figures can differ slightly from the training log's centre-trimmed ``val/acc``).
+recording-level rule: a ``stacked`` recording is encoded exactly as in training, and
+``segments`` window probabilities are averaged as validation pools them, so the
+figures reproduce the training log's).
 
 Recordings whose primary label is not one of the checkpoint's classes are left out
 (their count is printed and saved). With ``manifest`` (a run's ``data/manifest.csv``)
@@ -214,12 +214,14 @@ def evaluate_checkpoint(
             excluded["unreadable_audio"] += 1
             continue
         db = np.load(entry.cache_file)
-        rec_probs.append(pred.recording_probs(db))
         kept.append(i)
-        if enc.kind == "segments":
-            _, _, wp = pred.window_probs(db, window_s=enc.window_s, hop_s=enc.hop_s)
-            win_probs.append(wp)
-            win_labels += [label_idx[rows.loc[i, "primary_label"]]] * len(wp)
+        if enc.kind == "segments":  # one pass: the pooled windows are the table's windows
+            res = pred.score_frames([db], window_s=enc.window_s, hop_s=enc.hop_s)
+            rec_probs.append(res.probs)
+            win_probs.append(res.window_probs)
+            win_labels += [label_idx[rows.loc[i, "primary_label"]]] * len(res.window_probs)
+        else:
+            rec_probs.append(pred.recording_probs(db))
     if not kept:
         raise BadInputError(str(data), "none of the selected recordings could be decoded")
     rows = rows.loc[kept].reset_index(drop=True)
