@@ -131,7 +131,8 @@ def test_other_species_are_left_out_and_counted(stacked_run, demo_dir, cache_dir
 
 
 def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, tmp_path):
-    # 2.5 s windows every 5 s on 2 species, a third of the training batches: small and quick
+    # 2.5 s windows every 5 s on 2 species, trained on one random crop per recording and
+    # epoch (validated on every window): small and quick
     run = _train(
         tmp_path / "seg",
         demo_dir,
@@ -141,7 +142,7 @@ def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, t
             "preprocessing.encoding.kind": "segments",
             "preprocessing.encoding.window_s": 2.5,
             "preprocessing.encoding.hop_s": 5.0,
-            "trainer.limit_train_batches": 0.34,
+            "preprocessing.encoding.train_crops": 1,
         },
     )
     res = evaluate_checkpoint(

@@ -41,7 +41,7 @@ def test_every_shipped_experiment_file_parses_and_plans():
         "study_pretraining": (2, 10),
         "study_pretraining_lite": (2, 10),
         "study_models": (3, 15),
-        "encoding_stacked_vs_segments": (4, 20),
+        "encoding_stacked_vs_segments": (6, 30),
         "smoke": (2, 4),
     }
     for name, (n_variants, n_runs) in expected.items():
@@ -88,6 +88,13 @@ def test_command_line_values_win_and_bad_files_are_refused(tmp_path):
         plan_runs(experiment_from_dict({"grid": {"optim.lrr": [1]}}), tmp_path)
     with pytest.raises(ConfigError, match="fold 7 does not exist"):
         plan_runs(exp, tmp_path, folds=[7])
+    # --only: part of a comparison now, the rest later
+    only = plan_runs(exp, tmp_path, only=["trainer.batch_size=4", "optim.lr=0.01"])
+    assert [r.name for r in only] == [f"small_lr-0.01__fold{k}__seed0" for k in range(5)]
+    with pytest.raises(ConfigError, match="matches no variant.*trainer.batch_size takes 16, 4"):
+        plan_runs(exp, tmp_path, only=["trainer.batch_size=8"])
+    with pytest.raises(ConfigError, match="--only optim.lrr: not a config key"):
+        plan_runs(exp, tmp_path, only=["optim.lrr=1"])
 
 
 # ----------------------------------------------------------------------------- table maths
@@ -301,6 +308,7 @@ def test_stacked_and_segments_variants_share_the_same_folds(cache_dir):
         kept = prepare(
             cfg.data, cfg.preprocessing, None, progress=False, console=Console(quiet=True)
         ).kept
-        folds[cfg.preprocessing.encoding.kind] = dict(zip(kept["rec_id"], kept["fold"]))
-    assert set(folds) == {"stacked", "segments"}
-    assert folds["stacked"] == folds["segments"] and len(folds["stacked"]) >= 30
+        folds[run.variant.label] = dict(zip(kept["rec_id"], kept["fold"]))
+    assert len(folds) == 3  # stacked, segments on all windows, segments on random crops
+    first = next(iter(folds.values()))
+    assert all(f == first for f in folds.values()) and len(first) >= 30

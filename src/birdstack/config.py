@@ -91,7 +91,15 @@ class EncodingConfig:
     ``segments`` (the usual BirdCLEF baseline): windows of ``window_s`` seconds every
     ``hop_s`` seconds, each a 1-channel sample ``[1, n_mels, window_frames]``. A final
     partial window is kept (padded) when it holds at least ``min_last_window`` of a
-    window, or when it is the recording's only window.
+    window, or when it is the recording's only window. Validation and inference always
+    score every window. For training (``segments`` only; ``stacked`` ignores it),
+    ``train_crops=None`` serves every window each epoch; ``train_crops=k`` serves ``k``
+    windows per recording per epoch, each at a random offset (reseeded per epoch: the
+    usual BirdCLEF random 5 s crop), so an epoch costs as many steps as a ``stacked``
+    epoch when ``k=1``.
+
+    >>> EncodingConfig(kind="segments", train_crops=1).train_crops
+    1
     """
 
     kind: Literal["stacked", "segments"] = "stacked"
@@ -102,6 +110,7 @@ class EncodingConfig:
     window_s: float = 5.0
     hop_s: float = 5.0
     min_last_window: float = 0.5
+    train_crops: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("stacked", "segments"):
@@ -122,6 +131,15 @@ class EncodingConfig:
             raise ConfigError("encoding.window_s and encoding.hop_s must be positive")
         if not 0 < self.min_last_window <= 1:
             raise ConfigError("encoding.min_last_window must be in (0, 1]")
+        if self.train_crops is not None and (
+            isinstance(self.train_crops, bool)
+            or not isinstance(self.train_crops, int)
+            or self.train_crops < 1
+        ):
+            raise ConfigError(
+                f"encoding.train_crops={self.train_crops!r}: use a whole number >= 1 "
+                "(random windows per recording per epoch) or null (every window)"
+            )
 
 
 @dataclass(frozen=True)

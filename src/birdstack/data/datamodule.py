@@ -2,9 +2,11 @@
 
 A :class:`BirdDataset` serves model inputs from cached spectrograms (memory-mapped,
 so a large corpus does not have to fit in RAM): one sample per recording for
-``stacked``, one per window for ``segments``. Every item is ``(x, y, rec)``: the
-input tensor, the integer label and the recording's row number, so that window
-scores can be pooled per recording.
+``stacked``, one per window for ``segments`` (or, for training with
+``encoding.train_crops=k``, ``k`` windows per recording at random offsets that
+change every epoch). Every item is ``(x, y, rec)``: the input tensor, the integer
+label and the recording's row number, so that window scores can be pooled per
+recording.
 
     >>> from birdstack.data.prepare import prepare            # doctest: +SKIP
     >>> prepared = prepare(DataConfig(path="data/birds-demo"), Preprocessing())  # doctest: +SKIP
@@ -33,28 +35,53 @@ def _load_db(path: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+RANDOM_START = -1  # an item whose window start is drawn when it is served
+
+
 class BirdDataset(Dataset):
     """Model inputs from a manifest (columns ``cache_file``, ``label_idx``, ``frames``).
+
+    ``random_crops=k`` (``segments`` only) makes ``k`` items per recording whose
+    window start is drawn when served: from ``(seed, epoch, index)`` when the
+    sampler passes ``(index, epoch)`` pairs (:class:`EpochSeededSampler` with
+    ``with_epoch=True``, so resumed runs draw the same crops), else from the
+    loader's RNG.
 
     >>> ds = BirdDataset(records, Preprocessing(...))  # doctest: +SKIP
     >>> x, y, rec = ds[0]                              # doctest: +SKIP
     """
 
-    def __init__(self, records: pd.DataFrame, preprocessing: Preprocessing) -> None:
+    def __init__(
+        self,
+        records: pd.DataFrame,
+        preprocessing: Preprocessing,
+        random_crops: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.records = records.reset_index(drop=True)
         self.pre = preprocessing
+        self.seed = seed
         self.files = self.records["cache_file"].astype(str).tolist()
         self.labels = self.records["label_idx"].astype(int).to_numpy()
+        self.frames = self.records["frames"].astype(int).to_numpy()
         enc = preprocessing.encoding
         self.top_db = preprocessing.spectrogram.top_db
+        if random_crops is not None and enc.kind != "segments":
+            raise ValueError("random_crops needs encoding.kind='segments'")
+        self.random_crops = random_crops
         if enc.kind == "segments":
             window, hop = preprocessing.window_frames(), preprocessing.hop_frames()
             self.window = window
-            self.items = [
-                (i, s)
-                for i, n in enumerate(self.records["frames"].astype(int))
-                for s in segment_starts(n, window, hop, enc.min_last_window)
-            ]
+            if random_crops is not None:
+                self.items = [
+                    (i, RANDOM_START) for i in range(len(self.records)) for _ in range(random_crops)
+                ]
+            else:
+                self.items = [
+                    (i, s)
+                    for i, n in enumerate(self.frames)
+                    for s in segment_starts(int(n), window, hop, enc.min_last_window)
+                ]
         else:
             self.items = [(i, 0) for i in range(len(self.records))]
         self._cache: dict[int, np.ndarray] = {}
@@ -67,8 +94,22 @@ class BirdDataset(Dataset):
             self._cache[i] = _load_db(self.files[i])
         return self._cache[i]
 
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int, int]:
+    def _random_start(self, i: int, idx: int, epoch: int | None) -> int:
+        room = int(self.frames[i]) - self.window
+        if room <= 0:
+            return 0
+        if epoch is None:
+            return int(torch.randint(room + 1, ()).item())
+        rng = np.random.default_rng([self.seed, epoch, idx])
+        return int(rng.integers(room + 1))
+
+    def __getitem__(self, idx: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch = None
+        if isinstance(idx, tuple):
+            idx, epoch = idx
         i, start = self.items[idx]
+        if start == RANDOM_START:
+            start = self._random_start(i, idx, epoch)
         db = self._db(i)
         enc = self.pre.encoding
         if enc.kind == "segments":
@@ -84,21 +125,31 @@ class BirdDataset(Dataset):
         return np.array([i for i, _ in self.items], dtype=np.int64)
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(Sampler):
     """Random order that depends only on ``seed`` and the epoch (so resumed runs match).
 
-    Lightning calls :meth:`set_epoch` at the start of every training epoch.
+    Lightning calls :meth:`set_epoch` at the start of every training epoch. With
+    ``with_epoch=True`` it yields ``(index, epoch)`` pairs, for datasets that draw
+    something per epoch (random crops).
+
+    >>> s = EpochSeededSampler(4, seed=0, with_epoch=True)
+    >>> s.set_epoch(3)
+    >>> sorted(s)
+    [(0, 3), (1, 3), (2, 3), (3, 3)]
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, with_epoch: bool = False) -> None:
+        self.n, self.seed, self.epoch, self.with_epoch = n, seed, 0, with_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.with_epoch:
+            return iter([(i, self.epoch) for i in order])
+        return iter(order)
 
     def __len__(self) -> int:
         return self.n
@@ -124,13 +175,18 @@ class BirdDataModule(L.LightningDataModule):
         m = prepared.kept
         self.train_records = m[m["fold"] != val_fold].reset_index(drop=True)
         self.val_records = m[m["fold"] == val_fold].reset_index(drop=True)
-        self.train_set = BirdDataset(self.train_records, prepared.preprocessing)
+        crops = prepared.preprocessing.encoding.train_crops
+        if prepared.preprocessing.encoding.kind != "segments":
+            crops = None  # a stacked input is the whole recording: there is nothing to crop
+        self.train_set = BirdDataset(
+            self.train_records, prepared.preprocessing, random_crops=crops, seed=seed
+        )
         self.val_set = BirdDataset(self.val_records, prepared.preprocessing)
 
     def _loader(self, ds: BirdDataset, train: bool) -> DataLoader:
         sampler = None
         if train and not (self.trainer is not None and self.trainer.world_size > 1):
-            sampler = EpochSeededSampler(len(ds), self.seed)
+            sampler = EpochSeededSampler(len(ds), self.seed, with_epoch=ds.random_crops is not None)
         return DataLoader(
             ds,
             batch_size=self.batch_size,

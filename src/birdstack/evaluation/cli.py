@@ -83,6 +83,14 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key in every run (e.g. trainer.batch_size=8)",
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run only the variants whose config has this value (e.g. model.name=resnet18); "
+        "the rest can be run later into the same --out folder",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and stop")
     p.add_argument(
         "--no-eval",
@@ -107,6 +115,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         progress=_progress(args),
         evaluate_best=not args.no_eval,
+        only=args.only,
         command=sweep_command(),
     )
     if args.dry_run:

@@ -325,11 +325,14 @@ def plan_runs(
     seeds: Sequence[int] | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    only: Sequence[str] = (),
 ) -> list[RunSpec]:
     """Every (variant, fold, seed) run with its resolved :class:`Config` (nothing is run).
 
     Command-line values win over the file: ``data`` (data.path), ``epochs``, ``folds``,
     ``seeds`` and ``overrides`` (``key=value`` strings, applied to every run last).
+    ``only`` (``key=value`` strings) keeps the variants whose resolved config has all
+    those values, to run part of a comparison now and the rest later in the same folder.
     """
     out = Path(out_dir)
     where = str(exp.path) if exp.path else exp.name
@@ -340,12 +343,21 @@ def plan_runs(
         late = deep_merge(late, {"trainer": {"epochs": int(epochs)}})
     fold_spec = exp.folds if folds is None else folds
     seed_list = list(exp.seeds if seeds is None else seeds)
+    wanted = _flat(dotted_to_nested(list(only)))
     runs: list[RunSpec] = []
+    seen: dict[str, set[str]] = {k: set() for k in wanted}
     for v in exp.variants:
         try:
             cfg = Config.from_dict(exp.base).override(v.overrides).override(late)
         except ConfigError as e:
             raise ConfigError(f"{where}: variant {v.label!r}: {e}") from None
+        flat = _flat(cfg.to_dict())
+        for k in wanted:
+            if k not in flat:
+                raise ConfigError(f"--only {k}: not a config key")
+            seen[k].add(_fmt(flat[k]))
+        if any(flat[k] != val for k, val in wanted.items()):
+            continue
         cfg = cfg.override(
             {
                 "data.path": _resolve_data_path(cfg.data.path, exp),
@@ -365,6 +377,9 @@ def plan_runs(
                 {"data.val_fold": k, "trainer.seed": s, "out_dir": str(out / "runs" / name)}
             )
             runs.append(RunSpec(name=name, variant=v, fold=k, seed=s, config=run_cfg))
+    if wanted and not runs:
+        have = "; ".join(f"{k} takes {', '.join(sorted(vals))}" for k, vals in seen.items())
+        raise ConfigError(f"--only {' '.join(only)} matches no variant of {where} ({have})")
     return runs
 
 
@@ -486,6 +501,7 @@ def run_sweep(
     dry_run: bool = False,
     progress: bool = True,
     evaluate_best: bool = True,
+    only: Sequence[str] = (),
     command: str | None = None,
     console: Console | None = None,
 ) -> SweepResult:
@@ -493,14 +509,15 @@ def run_sweep(
 
     ``out_dir`` defaults to ``outputs/sweeps/<name>``. With ``dry_run`` only the plan is
     printed. ``evaluate_best``: evaluate the best run's best checkpoint on its validation
-    split (confusion matrix in the report).
+    split (confusion matrix in the report). ``only``: run and report just the variants
+    whose config has these ``key=value`` settings (see :func:`plan_runs`).
     """
     from birdstack.evaluation import report
 
     console = console or Console()
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     out = Path(out_dir) if out_dir is not None else Path("outputs") / "sweeps" / exp.name
-    runs = plan_runs(exp, out, data, epochs, folds, seeds, overrides, progress)
+    runs = plan_runs(exp, out, data, epochs, folds, seeds, overrides, progress, only)
     check_existing(runs)
     from birdstack.training.train import validate_config
 
