@@ -93,6 +93,8 @@ def test_command_line_values_win_and_bad_files_are_refused(tmp_path):
     assert [r.name for r in only] == [f"small_lr-0.01__fold{k}__seed0" for k in range(5)]
     with pytest.raises(ConfigError, match="matches no variant.*trainer.batch_size takes 16, 4"):
         plan_runs(exp, tmp_path, only=["trainer.batch_size=8"])
+    by_label = plan_runs(exp, tmp_path, only=["variant=[small lr=0.1, big lr=0.01]"], folds=[0])
+    assert [r.variant.label for r in by_label] == ["small lr=0.1", "big lr=0.01"]
     with pytest.raises(ConfigError, match="--only optim.lrr: not a config key"):
         plan_runs(exp, tmp_path, only=["optim.lrr=1"])
 

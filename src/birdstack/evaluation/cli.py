@@ -88,8 +88,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="run only the variants whose config has this value (e.g. model.name=resnet18); "
-        "the rest can be run later into the same --out folder",
+        help="run only the variants whose config has this value (e.g. model.name=resnet18, "
+        "'optim.lr=[0.01, 0.001]', 'variant=[stacked, segments 1 crop]'); the rest can be "
+        "run later into the same --out folder",
     )
     p.add_argument("--dry-run", action="store_true", help="print the planned runs and stop")
     p.add_argument(

@@ -316,6 +316,13 @@ def _resolve_data_path(value: str, exp: Experiment) -> str:
     return str(candidates[0].resolve())
 
 
+def _matches(value: Any, wanted: Any) -> bool:
+    """``--only`` matching: equal, or one of a list."""
+    if isinstance(wanted, list):
+        return any(_matches(value, w) for w in wanted)
+    return value == wanted or (isinstance(wanted, str) and _fmt(value) == wanted)
+
+
 def plan_runs(
     exp: Experiment,
     out_dir: str | Path,
@@ -332,7 +339,8 @@ def plan_runs(
     Command-line values win over the file: ``data`` (data.path), ``epochs``, ``folds``,
     ``seeds`` and ``overrides`` (``key=value`` strings, applied to every run last).
     ``only`` (``key=value`` strings) keeps the variants whose resolved config has all
-    those values, to run part of a comparison now and the rest later in the same folder.
+    those values (a YAML list value: any of them; the key ``variant`` matches the variant
+    label), to run part of a comparison now and the rest later in the same folder.
     """
     out = Path(out_dir)
     where = str(exp.path) if exp.path else exp.name
@@ -351,12 +359,12 @@ def plan_runs(
             cfg = Config.from_dict(exp.base).override(v.overrides).override(late)
         except ConfigError as e:
             raise ConfigError(f"{where}: variant {v.label!r}: {e}") from None
-        flat = _flat(cfg.to_dict())
+        flat = {**_flat(cfg.to_dict()), "variant": v.label}
         for k in wanted:
             if k not in flat:
-                raise ConfigError(f"--only {k}: not a config key")
+                raise ConfigError(f"--only {k}: not a config key (nor 'variant')")
             seen[k].add(_fmt(flat[k]))
-        if any(flat[k] != val for k, val in wanted.items()):
+        if not all(_matches(flat[k], val) for k, val in wanted.items()):
             continue
         cfg = cfg.override(
             {
