@@ -21,6 +21,8 @@ from birdstack.evaluation.report import (
     STACKED_METRICS,
     aggregate_runs,
     choose_metrics,
+    group_references,
+    paired_differences,
     read_run_metrics,
 )
 from birdstack.evaluation.sweep import experiment_from_dict, load_experiment, plan_runs
@@ -100,6 +102,54 @@ def test_command_line_values_win_and_bad_files_are_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- table maths
+
+
+def test_paired_differences_match_a_hand_computation():
+    folds = [0, 1, 2]
+    per_run = pd.DataFrame(
+        {
+            "variant": ["ref"] * 3 + ["alt"] * 3 + ["big"] * 3,
+            "fold": folds * 3,
+            "seed": 0,
+            "status": ["done"] * 8 + ["failed"],
+            "acc": [0.5, 0.6, 0.7, 0.6, 0.8, 1.0, 0.9, 0.9, math.nan],
+            "f1_macro": [0.4, 0.5, 0.6, 0.5, 0.7, 0.9, 0.9, 1.0, math.nan],
+            "loss": [1.0, 1.0, 1.0, 0.9, 0.8, 0.7, 0.5, 0.5, math.nan],
+        }
+    )
+    exp = experiment_from_dict(
+        {
+            "variants": [{"label": "alt", "optim.lr": 0.1}, {"label": "ref", "optim.lr": 0.01}]
+            + [{"label": "big", "optim.lr": 1.0}],
+            "compare": {"reference": {"optim.lr": 0.01}},
+        }
+    )
+    refs = group_references(exp)
+    assert refs == {"curves": "ref"}  # compare.reference, not the first variant
+    d = paired_differences(per_run, {"curves": ["alt", "ref", "big"]}, refs)
+    d = d.set_index("variant")
+    alt, big = d.loc["alt"], d.loc["big"]
+    # alt - ref on folds 0..2: F1 differences 0.1, 0.2, 0.3
+    t975 = 4.302652729911275  # Student t, 2 degrees of freedom
+    half = t975 * 0.1 / math.sqrt(3)
+    assert alt["n_pairs"] == 3
+    assert alt["f1_macro_diff"] == pytest.approx(0.2)
+    assert alt["f1_macro_diff_std"] == pytest.approx(0.1)
+    assert (alt["f1_macro_ci_low"], alt["f1_macro_ci_high"]) == pytest.approx(
+        (0.2 - half, 0.2 + half)
+    )
+    t_stat = 0.2 / (0.1 / math.sqrt(3))
+    assert t_stat == pytest.approx(3.4641016)
+    assert alt["f1_macro_p"] == pytest.approx(0.07417990, abs=1e-6)
+    assert alt["loss_diff"] == pytest.approx(-0.2)
+    assert (alt["f1_wins"], alt["f1_losses"], alt["verdict"]) == (3, 0, "within spread")
+    # big: only folds 0 and 1 finished; +0.5 F1 on both
+    assert big["n_pairs"] == 2 and big["f1_macro_diff"] == pytest.approx(0.5)
+    assert big["verdict"] == "better" and big["f1_macro_p"] == 0.0
+    with pytest.raises(ConfigError, match="compare.reference"):
+        experiment_from_dict({"grid": {"optim.lr": [1]}, "compare": {"reference": "x"}})
+    with pytest.raises(ConfigError, match="compare.reference.*must be keys"):
+        experiment_from_dict({"grid": {"optim.lr": [1]}, "compare": {"reference": {"a.b": 1}}})
 
 
 def _fixture_rows(metric):
@@ -226,6 +276,15 @@ def test_tiny_sweep_writes_table_figures_and_report(full_sweep):
     ):
         assert needle in report, needle
     assert "| lr=0.003 |" in (full_sweep / "results.md").read_text()
+    # the two learning rates compared on the folds they share
+    diffs = pd.read_csv(full_sweep / "differences.csv")
+    assert diffs[["variant", "reference", "n_pairs"]].values.tolist() == [
+        ["lr=0.0003", "lr=0.003", 2]
+    ]
+    by_run = runs.set_index(["variant", "fold"])["f1_macro"]
+    expected = (by_run["lr=0.0003"] - by_run["lr=0.003"]).mean()
+    assert diffs.loc[0, "f1_macro_diff"] == pytest.approx(expected)
+    assert "## Paired differences" in report
 
 
 def test_killed_sweep_resumes_to_the_same_table(full_sweep, cache_dir, tmp_path):

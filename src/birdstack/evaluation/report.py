@@ -13,6 +13,12 @@ For ``segments`` models the comparison uses the recording-level figures logged b
 the training module (``val/rec_acc``, ``val/rec_f1_macro``: window probabilities
 averaged per recording), so stacked and segments variants are scored per recording
 on the same folds; the report says which metric was used.
+
+Variants are also compared in pairs: within each curves figure's group, every variant
+against the group's reference (``compare.reference``, else its first variant) on the
+runs they share (same fold and seed), with the mean paired difference, its 95 %
+t-interval, the paired t-test's p-value and wins/losses over the pairs
+(:func:`paired_differences`), so "A beats B" comes with whether it beats the spread.
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ class SweepReport:
     report: Path
     metric: MetricChoice
     best_run: str | None
+    paired: pd.DataFrame | None = None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -179,8 +186,8 @@ def aggregate_runs(per_run: pd.DataFrame, order: Sequence[str] | None = None) ->
     ...     "acc": [0.5, 0.7], "f1_macro": [0.4, 0.6], "loss": [1.0, 0.8],
     ...     "best_epoch": [3, 5], "n_params": [10, 10], "wall_time_s": [2.0, 4.0]})
     >>> t = aggregate_runs(df)
-    >>> round(t.loc[0, "acc_mean"], 3), round(t.loc[0, "acc_std"], 4), int(t.loc[0, "n_runs"])
-    (0.6, 0.1414, 2)
+    >>> float(round(t.loc[0, "acc_mean"], 3)), float(round(t.loc[0, "acc_std"], 4))
+    (0.6, 0.1414)
     """
     variants = list(order) if order is not None else list(dict.fromkeys(per_run["variant"]))
     rows = []
@@ -200,6 +207,130 @@ def aggregate_runs(per_run: pd.DataFrame, order: Sequence[str] | None = None) ->
         row["n_failed"] = len(sub) - len(done)
         rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+PAIRED_COLUMNS = [
+    "group",
+    "variant",
+    "reference",
+    "n_pairs",
+    *[
+        f"{m}_{stat}"
+        for m in ("acc", "f1_macro", "loss")
+        for stat in ("diff", "diff_std", "ci_low", "ci_high", "p")
+    ],
+    "f1_wins",
+    "f1_losses",
+    "verdict",
+]
+
+
+def _paired(a: pd.Series, b: pd.Series) -> dict[str, float]:
+    """Mean of ``a - b``, its std, 95 % t-interval and paired t-test p-value."""
+    from scipy import stats
+
+    d = (a - b).astype(float).to_numpy()
+    n = len(d)
+    out = {"diff": float(d.mean()) if n else math.nan}
+    out["diff_std"] = float(d.std(ddof=1)) if n > 1 else math.nan
+    out["ci_low"] = out["ci_high"] = out["p"] = math.nan
+    if n > 1:
+        half = stats.t.ppf(0.975, n - 1) * out["diff_std"] / math.sqrt(n)
+        out["ci_low"], out["ci_high"] = out["diff"] - half, out["diff"] + half
+        if out["diff_std"] > 0:
+            out["p"] = float(stats.ttest_rel(a, b).pvalue)
+        else:
+            out["p"] = 1.0 if out["diff"] == 0 else 0.0
+    return out
+
+
+def paired_differences(
+    per_run: pd.DataFrame, groups: dict[str, list[str]], references: dict[str, str]
+) -> pd.DataFrame:
+    """Each variant minus its group's reference, paired on (fold, seed) (``PAIRED_COLUMNS``).
+
+    ``verdict`` reads the macro-F1 interval: the variant is ``better`` or ``worse`` when
+    the 95 % interval of the paired difference excludes 0, else ``within spread``.
+
+    >>> runs = pd.DataFrame({"variant": ["a", "a", "b", "b"], "fold": [0, 1, 0, 1],
+    ...     "seed": 0, "status": "done", "acc": [0.5, 0.6, 0.7, 0.7],
+    ...     "f1_macro": [0.4, 0.6, 0.7, 0.8], "loss": [1.0, 0.9, 0.8, 0.7]})
+    >>> d = paired_differences(runs, {"all": ["a", "b"]}, {"all": "a"})
+    >>> row = d.iloc[0]
+    >>> round(float(row["f1_macro_diff"]), 3), int(row["n_pairs"]), int(row["f1_wins"])
+    (0.25, 2, 2)
+    """
+    done = per_run[per_run["status"] == "done"]
+    rows = []
+    for group, labels in groups.items():
+        ref = references.get(group, labels[0])
+        base = done[done["variant"] == ref].set_index(["fold", "seed"])
+        for label in labels:
+            if label == ref:
+                continue
+            other = done[done["variant"] == label].set_index(["fold", "seed"])
+            keys = base.index.intersection(other.index)
+            row: dict[str, Any] = {
+                "group": group,
+                "variant": label,
+                "reference": ref,
+                "n_pairs": len(keys),
+            }
+            for m in ("acc", "f1_macro", "loss"):
+                stats = _paired(other.loc[keys, m], base.loc[keys, m])
+                row.update({f"{m}_{k}": v for k, v in stats.items()})
+            f1_diff = (other.loc[keys, "f1_macro"] - base.loc[keys, "f1_macro"]).to_numpy()
+            row["f1_wins"] = int((f1_diff > 0).sum())
+            row["f1_losses"] = int((f1_diff < 0).sum())
+            lo, hi = row["f1_macro_ci_low"], row["f1_macro_ci_high"]
+            if math.isnan(lo):
+                row["verdict"] = "too few pairs"
+            elif lo > 0:
+                row["verdict"] = "better"
+            elif hi < 0:
+                row["verdict"] = "worse"
+            else:
+                row["verdict"] = "within spread"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def paired_rows(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the paired-differences table."""
+    header = [
+        "variant",
+        "vs reference",
+        "pairs",
+        "Δ accuracy [95% CI]",
+        "Δ macro-F1 [95% CI]",
+        "p (F1)",
+        "F1 wins / losses",
+        "Δ loss",
+        "macro-F1 verdict",
+    ]
+
+    def ci(r: pd.Series, m: str) -> str:
+        if math.isnan(r[f"{m}_diff"]):
+            return "–"
+        if math.isnan(r[f"{m}_ci_low"]):
+            return f"{r[f'{m}_diff']:+.3f}"
+        return f"{r[f'{m}_diff']:+.3f} [{r[f'{m}_ci_low']:+.3f}, {r[f'{m}_ci_high']:+.3f}]"
+
+    rows = [
+        [
+            str(r["variant"]),
+            str(r["reference"]),
+            str(int(r["n_pairs"])),
+            ci(r, "acc"),
+            ci(r, "f1_macro"),
+            _num(r["f1_macro_p"], ".3f"),
+            f"{int(r['f1_wins'])} / {int(r['f1_losses'])}",
+            _num(r["loss_diff"], "+.3f"),
+            str(r["verdict"]),
+        ]
+        for _, r in paired.iterrows()
+    ]
+    return header, rows
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -326,6 +457,20 @@ def _figure_groups(exp: Experiment) -> dict[str, list[str]]:
     return groups
 
 
+def group_references(exp: Experiment) -> dict[str, str]:
+    """The reference variant of each curves group: ``compare.reference`` or the first one."""
+    refs: dict[str, str] = {}
+    overrides = {v.label: v.overrides for v in exp.variants}
+    for group, labels in _figure_groups(exp).items():
+        match = [
+            lab
+            for lab in labels
+            if all(overrides[lab].get(k) == val for k, val in exp.reference.items())
+        ]
+        refs[group] = match[0] if match else labels[0]
+    return refs
+
+
 def plot_sweep_curves(
     exp: Experiment, runs: Sequence[RunSpec], out_dir: Path, metric: MetricChoice
 ) -> list[Path]:
@@ -390,6 +535,8 @@ def write_sweep_report(
         f"seeds and folds.\n\n{md_table}\n",
     )
     figures = plot_sweep_curves(exp, runs, out, metric)
+    paired = paired_differences(per_run, _figure_groups(exp), group_references(exp))
+    atomic_write_text(out / "differences.csv", paired.to_csv(index=False))
     print_table(table, console, f"{exp.name} — {metric.acc} / {metric.f1} at the best epoch")
 
     best = best_run(per_run)
@@ -429,6 +576,22 @@ def write_sweep_report(
         "",
         "Files: [results.csv](results.csv) (per variant), [runs.csv](runs.csv) (per run).",
         "",
+    ]
+    if len(paired):
+        lines += [
+            "## Paired differences",
+            "",
+            "Each variant minus its reference on the same folds and seeds (Δ > 0: higher "
+            "than the reference; for loss, lower is better). The interval is the 95 % "
+            "t-interval of the mean paired difference, p the paired t-test's; the verdict "
+            "is `better`/`worse` only when the macro-F1 interval excludes 0.",
+            "",
+            markdown_table(*paired_rows(paired)),
+            "",
+            "File: [differences.csv](differences.csv).",
+            "",
+        ]
+    lines += [
         "## Validation curves",
         "",
         "Mean over each variant's runs; the band spans their minimum and maximum.",
@@ -469,7 +632,7 @@ def write_sweep_report(
     ]
     report_path = out / "report.md"
     atomic_write_text(report_path, "\n".join(lines))
-    return SweepReport(per_run, table, report_path, metric, best)
+    return SweepReport(per_run, table, report_path, metric, best, paired)
 
 
 def _evaluate_best(

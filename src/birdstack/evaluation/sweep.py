@@ -18,6 +18,8 @@ An experiment file is small and readable::
     folds: all                   # all data.n_folds validation folds, or a list such as [0]
     compare:
       figures_by: [optim.lr]     # one curves figure per value (default: one figure)
+      reference: {optim.name: adam}  # paired differences against this variant of each
+                                     # figure group (default: the group's first variant)
 
 Every run gets its own folder ``OUT/runs/<variant>__fold<k>__seed<s>/`` (its
 ``out_dir``). Starting the sweep again skips finished runs (``result.json``
@@ -77,7 +79,7 @@ EXPERIMENT_KEYS = (
     "folds",
     "compare",
 )
-COMPARE_KEYS = ("figures_by", "title")
+COMPARE_KEYS = ("figures_by", "title", "reference")
 RUN_FILE = "sweep_run.json"
 # config keys that may differ between a finished run and the same run planned again
 _VOLATILE_KEYS = ("out_dir", "trainer.progress", "data.cache_dir", "data.workers")
@@ -104,6 +106,7 @@ class Experiment:
     folds: list[int] | str
     figures_by: list[str] = field(default_factory=list)
     title: str | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -284,13 +287,28 @@ def experiment_from_dict(data: dict[str, Any], path: Path | None = None) -> Expe
         folds=parse_folds(data.get("folds", [0]), f"{where}: folds"),
         figures_by=[str(k) for k in figures_by],
         title=compare.get("title"),
+        reference=_reference(compare.get("reference"), where),
         path=path,
     )
     grid_keys = {k for v in exp.variants for k in v.overrides}
     bad = [k for k in exp.figures_by if k not in grid_keys]
     if bad:
         raise ConfigError(f"{where}: compare.figures_by {bad} must be keys the variants set")
+    bad = [k for k in exp.reference if k not in grid_keys]
+    if bad:
+        raise ConfigError(f"{where}: compare.reference {bad} must be keys the variants set")
     return exp
+
+
+def _reference(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(
+            f"{where}: compare.reference must map dotted keys to values, e.g. "
+            "{preprocessing.encoding.kind: stacked}"
+        )
+    return {str(k): v for k, v in value.items()}
 
 
 def load_experiment(path: str | Path) -> Experiment:
