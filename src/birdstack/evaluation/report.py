@@ -524,7 +524,8 @@ def write_sweep_report(
     out = Path(out_dir)
     metric = choose_metrics([r.config.preprocessing.encoding.kind for r in runs])
     per_run = per_run_table(runs, metric)
-    table = aggregate_runs(per_run, [v.label for v in exp.variants])
+    planned = list(dict.fromkeys(r.variant.label for r in runs))  # all, or those --only kept
+    table = aggregate_runs(per_run, planned)
     atomic_write_text(out / "runs.csv", per_run.to_csv(index=False))
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     header, rows = table_rows(table)
@@ -535,7 +536,12 @@ def write_sweep_report(
         f"seeds and folds.\n\n{md_table}\n",
     )
     figures = plot_sweep_curves(exp, runs, out, metric)
-    paired = paired_differences(per_run, _figure_groups(exp), group_references(exp))
+    groups = {
+        g: [lab for lab in labels if lab in planned] for g, labels in _figure_groups(exp).items()
+    }
+    refs = group_references(exp)
+    groups = {g: labels for g, labels in groups.items() if refs[g] in labels}
+    paired = paired_differences(per_run, groups, refs)
     atomic_write_text(out / "differences.csv", paired.to_csv(index=False))
     print_table(table, console, f"{exp.name} — {metric.acc} / {metric.f1} at the best epoch")
 
@@ -559,9 +565,15 @@ def write_sweep_report(
         f"- command: `{command or '(Python API)'}`",
         f"- experiment file: `{exp.path}`" if exp.path else "- experiment: (in memory)",
         f"- data: `{', '.join(data_paths)}`",
-        f"- runs: {len(runs)} ({len(exp.variants)} variant(s) x folds "
+        f"- runs: {len(runs)} ({len(planned)} variant(s) x folds "
         f"{sorted({r.fold for r in runs})} x seeds {sorted({r.seed for r in runs})}), "
-        f"{len(failed)} not finished",
+        f"{len(failed)} not finished"
+        + (
+            f"; only {len(planned)} of the experiment's {len(exp.variants)} variants "
+            "were run (`--only`)"
+            if len(planned) < len(exp.variants)
+            else ""
+        ),
         f"- metric: {metric.describe()}",
         f"- wall time: {total_run_wall:.0f} s of training (sum over runs)"
         + (f", {sweep_wall_s:.0f} s for this invocation" if sweep_wall_s is not None else ""),
