@@ -45,6 +45,7 @@ def test_every_shipped_experiment_file_parses_and_plans():
         "study_models": (3, 15),
         "encoding_stacked_vs_segments": (6, 30),
         "smoke": (2, 4),
+        "all_species": (1, 5),
     }
     for name, (n_variants, n_runs) in expected.items():
         exp = load_experiment(REPO / "experiments" / f"{name}.yaml")
