@@ -178,3 +178,16 @@ def test_metrics_agree_with_scikit_learn():
     assert m.confusion.sum() == 50 and m.confusion[1, 2] == ((y == 1) & (pred == 2)).sum()
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         classification_metrics(y, probs[:, :3], list("abcd"))
+
+
+def test_a_diverging_loss_gets_a_log_axis(tmp_path):
+    from birdstack.evaluation.plots import plot_curves, wants_log_axis
+
+    calm = pd.DataFrame(
+        {"epoch": [0, 1, 2], "val/acc": [0.2, 0.4, 0.5], "val/loss": [1.8, 1.5, 1.3]}
+    )
+    wild = calm.assign(**{"val/loss": [540.0, 60.0, 2.0]})
+    assert not wants_log_axis([1.8, 1.3]) and wants_log_axis([540.0, 1.3])
+    assert not wants_log_axis([0.0, 540.0])  # a log axis cannot show 0
+    out = plot_curves({"calm": [calm], "wild": [wild]}, tmp_path / "c.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

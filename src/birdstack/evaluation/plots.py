@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from birdstack.utils import atomic_path  # noqa: E402
 
 CURVE_METRICS = (("val/acc", "validation accuracy"), ("val/loss", "validation loss"))
+LOG_SPAN = 20.0  # a loss panel spanning more than this factor gets a log axis
 
 
 def _save(fig: plt.Figure, out: str | Path) -> Path:
@@ -31,15 +32,32 @@ def _save(fig: plt.Figure, out: str | Path) -> Path:
     return out
 
 
+def wants_log_axis(values: Sequence[float], span: float = LOG_SPAN) -> bool:
+    """Whether positive values spread over more than ``span`` times (then a log axis reads better).
+
+    >>> wants_log_axis([1.2, 1.9, 540.0]), wants_log_axis([1.2, 2.1]), wants_log_axis([0.0, 5.0])
+    (True, False, False)
+    """
+    vals = [float(v) for v in values if np.isfinite(v)]
+    if not vals or min(vals) <= 0:
+        return False
+    return max(vals) / min(vals) > span
+
+
 def plot_curves(
     runs: Mapping[str, Sequence[pd.DataFrame]],
     out: str | Path,
     metrics: Sequence[tuple[str, str]] = CURVE_METRICS,
     title: str | None = None,
 ) -> Path:
-    """One panel per metric, one line per run name; a band shows min–max over its seeds/folds."""
+    """One panel per metric, one line per run name; a band shows min–max over its seeds/folds.
+
+    A loss panel whose values span more than ``LOG_SPAN`` times is drawn on a log axis,
+    so one diverging run does not flatten the others.
+    """
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], metrics):
+        drawn: list[float] = []
         for name, histories in runs.items():
             series = [h.set_index("epoch")[key] for h in histories if key in h]
             if not series:
@@ -50,6 +68,7 @@ def plot_curves(
             # markers where there are few epochs (a 1-epoch run is otherwise invisible)
             marker = "o" if len(x) <= 30 else None
             (line,) = ax.plot(x, mean, label=name, lw=1.6, marker=marker, ms=3)
+            drawn += [float(np.nanmin(df.to_numpy())), float(np.nanmax(df.to_numpy()))]
             if df.shape[1] > 1:
                 lo, hi = df.min(axis=1), df.max(axis=1)
                 if len(x) > 1:
@@ -58,6 +77,9 @@ def plot_curves(
                     ax.vlines(x, lo, hi, color=line.get_color(), alpha=0.5, lw=4)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if "loss" in key and wants_log_axis(drawn):
+            ax.set_yscale("log")
+            label += " (log scale)"
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
