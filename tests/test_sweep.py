@@ -313,6 +313,7 @@ def test_killed_sweep_resumes_to_the_same_table(full_sweep, cache_dir, tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "skip (finished)" in again.stdout
     assert first.stat().st_mtime_ns == stamp  # the finished run was not trained again
+    assert "(3 run(s) trained, 1 already finished)" in (out / "report.md").read_text()
     resumed = pd.read_csv(out / "runs.csv").set_index("run").sort_index()
     full = pd.read_csv(full_sweep / "runs.csv").set_index("run").sort_index()
     assert (resumed["status"] == "done").all() and len(resumed) == 4

@@ -517,6 +517,7 @@ def write_sweep_report(
     evaluate_best: bool = True,
     console: Console | None = None,
     progress: bool = True,
+    trained: int | None = None,
 ) -> SweepReport:
     """``runs.csv``, ``results.csv``, ``results.md``, curve figures, the best run's
     confusion matrix and ``report.md`` in ``out_dir``."""
@@ -576,7 +577,12 @@ def write_sweep_report(
         ),
         f"- metric: {metric.describe()}",
         f"- wall time: {total_run_wall:.0f} s of training (sum over runs)"
-        + (f", {sweep_wall_s:.0f} s for this invocation" if sweep_wall_s is not None else ""),
+        + (f", {sweep_wall_s:.0f} s for this invocation" if sweep_wall_s is not None else "")
+        + (
+            f" ({trained} run(s) trained, {len(runs) - trained} already finished)"
+            if trained is not None
+            else ""
+        ),
         "- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"- machine: {machine['cpus']} CPU(s), torch threads {machine['torch_threads']}, "
         f"GPU {machine['gpu']}, {machine['platform']}, Python {machine['python']}",

@@ -602,6 +602,7 @@ def run_sweep(
         evaluate_best=evaluate_best,
         console=console,
         progress=progress,
+        trained=sum(state != "skipped" for state in states.values()),
     )
     failed = [r.name for r in runs if rep.per_run.set_index("run").loc[r.name, "status"] != "done"]
     return SweepResult(
