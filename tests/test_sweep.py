@@ -105,6 +105,18 @@ def test_command_line_values_win_and_bad_files_are_refused(tmp_path):
 # ----------------------------------------------------------------------------- table maths
 
 
+def test_last_epoch_rule_reads_the_final_row():
+    last = choose_metrics(["stacked"], epoch="last")
+    assert (last.acc, last.epoch) == ("val/acc", "last") and "last epoch" in last.describe()
+    row = read_run_metrics(FIXTURE / "a__fold0__seed0", last.acc, last.f1, last.loss, "last")
+    # fold 0's best epoch (lowest val/loss 1.2) is the 2nd; its last row is epoch 3
+    assert row["best_epoch"] == 2
+    assert (row["acc"], row["f1_macro"], row["loss"]) == pytest.approx((0.5, 0.45, 1.3))
+    with pytest.raises(ConfigError, match="compare.epoch"):
+        experiment_from_dict({"grid": {"optim.lr": [1]}, "compare": {"epoch": "final"}})
+    assert experiment_from_dict({"compare": {"epoch": "last"}}).epoch == "last"
+
+
 def test_paired_differences_match_a_hand_computation():
     folds = [0, 1, 2]
     per_run = pd.DataFrame(

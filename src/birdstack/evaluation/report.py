@@ -29,7 +29,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,11 +85,17 @@ class MetricChoice:
     f1: str
     loss: str
     level: str
+    epoch: str = "best"  # "best": lowest val/loss; "last": the final epoch
 
     def describe(self) -> str:
+        when = (
+            "at each run's last epoch (no epoch is chosen on the validation fold)"
+            if self.epoch == "last"
+            else "at each run's best epoch (lowest `val/loss`)"
+        )
         return (
             f"accuracy = `{self.acc}`, macro-F1 = `{self.f1}`, loss = `{self.loss}` "
-            f"({self.level}), all at each run's best epoch (lowest `val/loss`)"
+            f"({self.level}), all {when}"
         )
 
 
@@ -102,9 +108,11 @@ SEGMENT_METRICS = MetricChoice(
 )
 
 
-def choose_metrics(encodings: Sequence[str]) -> MetricChoice:
-    """Recording-level figures as soon as one variant uses ``segments`` inputs."""
-    return SEGMENT_METRICS if "segments" in set(encodings) else STACKED_METRICS
+def choose_metrics(encodings: Sequence[str], epoch: str = "best") -> MetricChoice:
+    """Recording-level figures as soon as one variant uses ``segments`` inputs, read at
+    each run's ``best`` (lowest ``val/loss``) or ``last`` epoch."""
+    base = SEGMENT_METRICS if "segments" in set(encodings) else STACKED_METRICS
+    return base if epoch == base.epoch else replace(base, epoch=epoch)
 
 
 @dataclass
@@ -135,8 +143,10 @@ def read_run_metrics(
     acc_key: str = "val/acc",
     f1_key: str = "val/f1_macro",
     loss_key: str = "val/loss",
+    epoch: str = "best",
 ) -> dict[str, Any]:
-    """One run's row: its best epoch (1-based) and that epoch's figures from ``metrics.csv``.
+    """One run's row: its best epoch (1-based) and the figures of that epoch (or, with
+    ``epoch="last"``, of its last epoch) from ``metrics.csv``.
 
     ``status`` is ``done`` (``result.json`` present), ``failed`` (``error.txt``) or
     ``unfinished``. Without ``metrics.csv`` the figures fall back to ``result.json``'s.
@@ -154,7 +164,11 @@ def read_run_metrics(
     best_epoch = int(res.get("best_epoch", -1))
     figures = dict(res.get("best") or {})
     hist = read_history(d)
-    if not hist.empty and "epoch" in hist and best_epoch in set(hist["epoch"]):
+    if epoch == "last":
+        figures = dict(res.get("final") or {})
+        if not hist.empty:
+            figures = hist.sort_values("epoch").iloc[-1].to_dict()
+    elif not hist.empty and "epoch" in hist and best_epoch in set(hist["epoch"]):
         figures = hist.loc[hist["epoch"] == best_epoch].iloc[-1].to_dict()
     row.update(
         status="done",
@@ -173,7 +187,7 @@ def per_run_table(runs: Sequence[RunSpec], metric: MetricChoice) -> pd.DataFrame
     """One row per planned run (``RUN_COLUMNS``), read from its folder."""
     rows = []
     for r in runs:
-        row = read_run_metrics(r.run_dir, metric.acc, metric.f1, metric.loss)
+        row = read_run_metrics(r.run_dir, metric.acc, metric.f1, metric.loss, metric.epoch)
         row.update(run=r.name, variant=r.variant.label, fold=r.fold, seed=r.seed)
         rows.append(row)
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
@@ -523,7 +537,7 @@ def write_sweep_report(
     confusion matrix and ``report.md`` in ``out_dir``."""
     console = console or Console()
     out = Path(out_dir)
-    metric = choose_metrics([r.config.preprocessing.encoding.kind for r in runs])
+    metric = choose_metrics([r.config.preprocessing.encoding.kind for r in runs], exp.epoch)
     per_run = per_run_table(runs, metric)
     planned = list(dict.fromkeys(r.variant.label for r in runs))  # all, or those --only kept
     table = aggregate_runs(per_run, planned)
@@ -549,7 +563,7 @@ def write_sweep_report(
     best = best_run(per_run)
     eval_md = ""
     if best is not None and evaluate_best:
-        eval_md = _evaluate_best(runs, best, out, console, progress)
+        eval_md = _evaluate_best(runs, best, out, console, progress, metric.epoch)
 
     versions = package_versions()
     machine = machine_info()
@@ -654,16 +668,25 @@ def write_sweep_report(
 
 
 def _evaluate_best(
-    runs: Sequence[RunSpec], best: str, out: Path, console: Console, progress: bool
+    runs: Sequence[RunSpec],
+    best: str,
+    out: Path,
+    console: Console,
+    progress: bool,
+    epoch: str = "best",
 ) -> str:
-    """Evaluate the best run's best checkpoint on its validation split; markdown section."""
+    """Evaluate the best run's checkpoint of the compared epoch (``best.ckpt`` or
+    ``last.ckpt``) on its validation split; markdown section."""
     from birdstack.evaluation.evaluate import evaluate_checkpoint
 
     run = next(r for r in runs if r.name == best)
     res = json.loads((run.run_dir / "result.json").read_text(encoding="utf-8"))
-    ckpt = Path(res.get("best_checkpoint") or run.run_dir / "checkpoints" / "best.ckpt")
-    if not ckpt.is_file():
-        ckpt = run.run_dir / "checkpoints" / "best.ckpt"
+    if epoch == "last":
+        ckpt = run.run_dir / "checkpoints" / "last.ckpt"
+    else:
+        ckpt = Path(res.get("best_checkpoint") or run.run_dir / "checkpoints" / "best.ckpt")
+        if not ckpt.is_file():
+            ckpt = run.run_dir / "checkpoints" / "best.ckpt"
     try:
         ev = evaluate_checkpoint(
             ckpt,

@@ -20,6 +20,8 @@ An experiment file is small and readable::
       figures_by: [optim.lr]     # one curves figure per value (default: one figure)
       reference: {optim.name: adam}  # paired differences against this variant of each
                                      # figure group (default: the group's first variant)
+      epoch: last                # compare each run's last epoch (default best: the
+                                 # epoch of lowest val/loss, chosen on the validation fold)
 
 Every run gets its own folder ``OUT/runs/<variant>__fold<k>__seed<s>/`` (its
 ``out_dir``). Starting the sweep again skips finished runs (``result.json``
@@ -79,7 +81,7 @@ EXPERIMENT_KEYS = (
     "folds",
     "compare",
 )
-COMPARE_KEYS = ("figures_by", "title", "reference")
+COMPARE_KEYS = ("figures_by", "title", "reference", "epoch")
 RUN_FILE = "sweep_run.json"
 # config keys that may differ between a finished run and the same run planned again
 _VOLATILE_KEYS = ("out_dir", "trainer.progress", "data.cache_dir", "data.workers")
@@ -107,6 +109,7 @@ class Experiment:
     figures_by: list[str] = field(default_factory=list)
     title: str | None = None
     reference: dict[str, Any] = field(default_factory=dict)
+    epoch: str = "best"
     path: Path | None = None
 
 
@@ -288,6 +291,7 @@ def experiment_from_dict(data: dict[str, Any], path: Path | None = None) -> Expe
         figures_by=[str(k) for k in figures_by],
         title=compare.get("title"),
         reference=_reference(compare.get("reference"), where),
+        epoch=_epoch_rule(compare.get("epoch", "best"), where),
         path=path,
     )
     grid_keys = {k for v in exp.variants for k in v.overrides}
@@ -298,6 +302,14 @@ def experiment_from_dict(data: dict[str, Any], path: Path | None = None) -> Expe
     if bad:
         raise ConfigError(f"{where}: compare.reference {bad} must be keys the variants set")
     return exp
+
+
+def _epoch_rule(value: Any, where: str) -> str:
+    if value not in ("best", "last"):
+        raise ConfigError(
+            f"{where}: compare.epoch={value!r}: use 'best' (lowest val/loss) or 'last'"
+        )
+    return str(value)
 
 
 def _reference(value: Any, where: str) -> dict[str, Any]:
