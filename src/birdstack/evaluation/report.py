@@ -240,12 +240,13 @@ PAIRED_COLUMNS = [
 
 
 def _paired(a: pd.Series, b: pd.Series) -> dict[str, float]:
-    """Mean of ``a - b``, its std, 95 % t-interval and paired t-test p-value."""
+    """Mean of ``a - b``, its std, 95 % t-interval, paired t-test p-value, wins, losses."""
     from scipy import stats
 
     d = (a - b).astype(float).to_numpy()
     n = len(d)
     out = {"diff": float(d.mean()) if n else math.nan}
+    out["wins"], out["losses"] = int((d > 0).sum()), int((d < 0).sum())
     out["diff_std"] = float(d.std(ddof=1)) if n > 1 else math.nan
     out["ci_low"] = out["ci_high"] = out["p"] = math.nan
     if n > 1:
@@ -292,10 +293,10 @@ def paired_differences(
             }
             for m in ("acc", "f1_macro", "loss"):
                 stats = _paired(other.loc[keys, m], base.loc[keys, m])
+                wins, losses = stats.pop("wins"), stats.pop("losses")
                 row.update({f"{m}_{k}": v for k, v in stats.items()})
-            f1_diff = (other.loc[keys, "f1_macro"] - base.loc[keys, "f1_macro"]).to_numpy()
-            row["f1_wins"] = int((f1_diff > 0).sum())
-            row["f1_losses"] = int((f1_diff < 0).sum())
+                if m == "f1_macro":
+                    row["f1_wins"], row["f1_losses"] = wins, losses
             lo, hi = row["f1_macro_ci_low"], row["f1_macro_ci_high"]
             if math.isnan(lo):
                 row["verdict"] = "too few pairs"
@@ -471,6 +472,18 @@ def _figure_groups(exp: Experiment) -> dict[str, list[str]]:
     return groups
 
 
+def comparison_groups(
+    exp: Experiment, planned: Sequence[str]
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Curves groups restricted to the variants that were run, and each group's reference
+    (groups whose reference was not run are left out)."""
+    refs = group_references(exp)
+    groups = {
+        g: [lab for lab in labels if lab in planned] for g, labels in _figure_groups(exp).items()
+    }
+    return {g: labels for g, labels in groups.items() if refs[g] in labels}, refs
+
+
 def group_references(exp: Experiment) -> dict[str, str]:
     """The reference variant of each curves group: ``compare.reference`` or the first one."""
     refs: dict[str, str] = {}
@@ -551,12 +564,7 @@ def write_sweep_report(
         f"seeds and folds.\n\n{md_table}\n",
     )
     figures = plot_sweep_curves(exp, runs, out, metric)
-    groups = {
-        g: [lab for lab in labels if lab in planned] for g, labels in _figure_groups(exp).items()
-    }
-    refs = group_references(exp)
-    groups = {g: labels for g, labels in groups.items() if refs[g] in labels}
-    paired = paired_differences(per_run, groups, refs)
+    paired = paired_differences(per_run, *comparison_groups(exp, planned))
     atomic_write_text(out / "differences.csv", paired.to_csv(index=False))
     print_table(table, console, f"{exp.name} — {metric.acc} / {metric.f1} at the best epoch")
 
