@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from birdstack.config import Config, ConfigError
 from birdstack.data.datamodule import BirdDataModule, EpochSeededSampler
@@ -89,3 +90,20 @@ def test_stacked_training_ignores_train_crops(demo_dir, cache_dir, tmp_path):
     dm = BirdDataModule(prepared, val_fold=0, batch_size=4)
     assert dm.train_set.random_crops is None
     assert len(dm.train_set) == len(dm.train_records)
+
+
+def test_stats_loader_serves_every_training_crop_of_the_epoch_once(prepared_segments):
+    # what precise BatchNorm averages over: the inputs training saw in that epoch, each once
+    dm = BirdDataModule(prepared_segments, val_fold=0, batch_size=4, seed=5)
+    train = dm.train_dataloader()
+    train.sampler.set_epoch(2)
+    seen = {}
+    for x, _, _ in DataLoader(dm.train_set, batch_size=1, sampler=list(train.sampler)):
+        seen[len(seen)] = x
+    trained = sorted(x.flatten()[:64].tolist() for x in seen.values())
+    stats = [x for batch, _, _ in dm.stats_dataloader(epoch=2) for x in batch]
+    assert len(stats) == len(dm.train_set)  # nothing dropped, nothing repeated
+    assert sorted(x.flatten()[:64].tolist() for x in stats) == trained
+    # another epoch draws other crops
+    other = [x for batch, _, _ in dm.stats_dataloader(epoch=3) for x in batch]
+    assert sorted(x.flatten()[:64].tolist() for x in other) != trained

@@ -43,7 +43,9 @@ def test_every_shipped_experiment_file_parses_and_plans():
         "study_pretraining": (2, 10),
         "study_pretraining_lite": (2, 10),
         "study_models": (3, 15),
-        "encoding_stacked_vs_segments": (6, 30),
+        "encoding_stacked_vs_segments": (4, 20),
+        "encoding_segments_all_windows": (2, 10),
+        "precise_bn": (2, 10),
         "smoke": (2, 4),
         "all_species": (1, 5),
     }
@@ -373,17 +375,18 @@ def test_stacked_and_segments_variants_share_the_same_folds(cache_dir):
 
     from birdstack.data.prepare import prepare
 
-    exp = load_experiment(REPO / "experiments" / "encoding_stacked_vs_segments.yaml")
-    runs = plan_runs(exp, "/tmp/unused", folds=[0], overrides=[f"data.cache_dir={cache_dir}"])
     folds = {}
-    for run in runs:
-        if run.config.model.name != "mobilenet_compact":
-            continue
-        cfg = run.config
-        kept = prepare(
-            cfg.data, cfg.preprocessing, None, progress=False, console=Console(quiet=True)
-        ).kept
-        folds[run.variant.label] = dict(zip(kept["rec_id"], kept["fold"]))
-    assert len(folds) == 3  # stacked, segments on all windows, segments on random crops
+    for name in ("encoding_stacked_vs_segments", "encoding_segments_all_windows"):
+        exp = load_experiment(REPO / "experiments" / f"{name}.yaml")
+        runs = plan_runs(exp, "/tmp/unused", folds=[0], overrides=[f"data.cache_dir={cache_dir}"])
+        for run in runs:
+            if run.config.model.name != "mobilenet_compact":
+                continue
+            cfg = run.config
+            kept = prepare(
+                cfg.data, cfg.preprocessing, None, progress=False, console=Console(quiet=True)
+            ).kept
+            folds[f"{name}: {run.variant.label}"] = dict(zip(kept["rec_id"], kept["fold"]))
+    assert len(folds) == 4  # stacked twice, segments on random crops, segments on all windows
     first = next(iter(folds.values()))
     assert all(f == first for f in folds.values()) and len(first) >= 30

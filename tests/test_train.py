@@ -82,6 +82,33 @@ def test_resume_continues_to_the_same_result(demo_dir, cache_dir, tmp_path):
     )
 
 
+@pytest.mark.parametrize("precise", [True, False])
+def test_precise_bn_holds_the_statistics_of_the_training_inputs(
+    demo_dir, cache_dir, tmp_path, precise
+):
+    # one epoch of one batch (batch 64 > the training recordings of fold 0), then compare
+    # the checkpoint's first BatchNorm statistics with the stem convolution's outputs on the
+    # real training inputs, computed here from the rebuilt network
+    over = {"trainer.epochs": 1, "trainer.batch_size": 64, "trainer.precise_bn": precise}
+    result = train(_cfg(demo_dir, cache_dir, tmp_path / "run", **over))
+    net, info = build_model_from_checkpoint(load_checkpoint(result.last_checkpoint))
+    m = pd.read_csv(tmp_path / "run" / "data" / "manifest.csv")
+    rows = m[~m["dropped"] & (m["fold"] != 0)]
+    assert 20 <= len(rows) <= 64
+    ds = BirdDataset(rows, info.preprocessing)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    conv, bn = net.backbone.features[0][0], net.backbone.features[0][1]
+    with torch.no_grad():
+        z = conv(x)
+    mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=True)
+    matches = torch.allclose(bn.running_mean, mean, rtol=1e-4, atol=1e-5) and torch.allclose(
+        bn.running_var, var, rtol=1e-3, atol=1e-5
+    )
+    assert matches == precise
+    # and the validation figures of the run were computed with those statistics
+    assert len(result.history) == 1 and result.history["val/loss"].notna().all()
+
+
 def test_unknown_model_and_optimizer_fail_before_work(demo_dir, cache_dir, tmp_path):
     with pytest.raises(ConfigError, match="unknown model 'resnet9000'.*mobilenet_compact"):
         train(_cfg(demo_dir, cache_dir, tmp_path / "m", **{"model.name": "resnet9000"}))

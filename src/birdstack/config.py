@@ -264,6 +264,9 @@ class TrainerConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     early_stopping_patience: int | None = None
+    # recompute BatchNorm running statistics over the training set before every
+    # validation (and so in every checkpoint) instead of trusting their moving average
+    precise_bn: bool = False
     num_workers: int = 0
     deterministic: bool = True
     progress: bool = True

@@ -140,6 +140,14 @@ TRAIN_OPTS = [
     Opt("--num-nodes", "trainer.num_nodes", int, "nodes for multi-node DDP"),
     Opt("--precision", "trainer.precision", str, "32-true | 16-mixed | bf16-mixed"),
     Opt("--early-stopping", "trainer.early_stopping_patience", int, "patience in epochs (off)"),
+    Opt(
+        "--precise-bn",
+        "trainer.precise_bn",
+        None,
+        "recompute BatchNorm statistics over the training set before each validation",
+        "store_const",
+        True,
+    ),
     Opt("--out", "out_dir", str, "run folder"),
 ]
 

@@ -203,3 +203,17 @@ class BirdDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, train=False)
+
+    def stats_dataloader(self, epoch: int = 0) -> DataLoader:
+        """The training inputs of ``epoch`` in a fixed order, for BatchNorm statistics.
+
+        Every training item once, with the random crops that training draws in that
+        epoch, unshuffled and with no batch dropped; the same on every process.
+        """
+        ds = self.train_set
+        order: list[int | tuple[int, int]] = list(range(len(ds)))
+        if ds.random_crops is not None:
+            order = [(i, epoch) for i in range(len(ds))]
+        return DataLoader(
+            ds, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers
+        )

@@ -36,6 +36,7 @@ from birdstack.config import Config, ConfigError, to_dict
 from birdstack.data.datamodule import BirdDataModule
 from birdstack.data.prepare import PreparedData, prepare
 from birdstack.models import create_model_from_config
+from birdstack.training.callbacks import PreciseBatchNorm
 from birdstack.training.checkpoint import AtomicCheckpointIO, load_checkpoint
 from birdstack.training.module import OPTIMIZERS, BirdClassifier
 from birdstack.utils import (
@@ -225,6 +226,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
                 monitor="val/loss", mode="min", patience=cfg.trainer.early_stopping_patience
             )
         )
+    if cfg.trainer.precise_bn:
+        callbacks.append(PreciseBatchNorm())
     if cfg.trainer.progress:
         callbacks.append(TQDMProgressBar(leave=False))
     trainer = L.Trainer(
