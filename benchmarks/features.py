@@ -47,20 +47,10 @@ def find_files(data: Path, limit: int | None) -> list[Path]:
 def librosa_features(path: Path, sr: int, spec) -> np.ndarray:
     import librosa
 
+    from birdstack.features.mel import librosa_logmel
+
     y, _ = librosa.load(path, sr=sr)
-    mel = librosa.feature.melspectrogram(
-        y=y,
-        sr=sr,
-        n_fft=spec.n_fft,
-        hop_length=spec.hop_length,
-        n_mels=spec.n_mels,
-        fmin=spec.fmin,
-        fmax=spec.fmax,
-        power=spec.power,
-        center=True,
-        pad_mode="constant",
-    )
-    return librosa.power_to_db(mel, ref=1.0, amin=spec.amin, top_db=None)
+    return librosa_logmel(y, sr, spec)
 
 
 class Timer:

@@ -30,6 +30,17 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("feature-cache")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread while a module's tests run (restored afterwards)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Keep tests away from the user's ~/.cache and ~/.cache/torch (no downloads)."""

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from birdstack.config import AudioConfig, SpectrogramConfig
 from birdstack.features.audio import load_audio
@@ -22,12 +21,8 @@ SPEC = SpectrogramConfig(n_fft=512, hop_length=256, n_mels=40, fmin=50.0, fmax=7
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def _features_thread(one_torch_thread):
     """Features are computed with one intra-op thread per process (see LogMel)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def chirp(seed: int, seconds: float = 1.0, sr: int = 16000) -> np.ndarray:

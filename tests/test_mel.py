@@ -16,6 +16,7 @@ from birdstack.features.audio import load_audio
 from birdstack.features.mel import (
     LogMel,
     compute_logmel,
+    librosa_logmel,
     mel_filterbank,
     n_frames,
     normalize_db,
@@ -30,12 +31,8 @@ SR = 32000
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def _features_thread(one_torch_thread):
     """Features are computed with one intra-op thread per process (see LogMel)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -48,19 +45,7 @@ def wave() -> np.ndarray:
 
 
 def librosa_db(y: np.ndarray, spec: SpectrogramConfig = SPEC, sr: int = SR) -> np.ndarray:
-    mel = librosa.feature.melspectrogram(
-        y=y,
-        sr=sr,
-        n_fft=spec.n_fft,
-        hop_length=spec.hop_length,
-        n_mels=spec.n_mels,
-        fmin=spec.fmin,
-        fmax=spec.fmax,
-        power=spec.power,
-        center=True,
-        pad_mode="constant",
-    )
-    return librosa.power_to_db(mel, ref=1.0, amin=spec.amin, top_db=None)
+    return librosa_logmel(y, sr, spec)
 
 
 @pytest.mark.parametrize(

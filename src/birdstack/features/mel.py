@@ -318,3 +318,29 @@ def compute_logmel(
     x = torch.from_numpy(np.ascontiguousarray(wave))
     db = LogMel(spec, sample_rate, dtype=dtype)(x)
     return db.numpy().astype(np.float32, copy=False)
+
+
+def librosa_logmel(y: np.ndarray, sr: int, spec: SpectrogramConfig) -> np.ndarray:
+    """The same log-mel computed by librosa: the reference of the parity tests and benchmark.
+
+    ``librosa.feature.melspectrogram`` (centred frames, zero padding) then
+    ``power_to_db`` with ``ref=1`` and no ``top_db`` clipping. Needs librosa (the
+    ``dev`` extra); birdstack itself never calls it.
+
+    >>> db = librosa_logmel(np.zeros(32000), 32000, SpectrogramConfig())  # doctest: +SKIP
+    """
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=y,
+        sr=sr,
+        n_fft=spec.n_fft,
+        hop_length=spec.hop_length,
+        n_mels=spec.n_mels,
+        fmin=spec.fmin,
+        fmax=spec.fmax,
+        power=spec.power,
+        center=True,
+        pad_mode="constant",
+    )
+    return librosa.power_to_db(mel, ref=1.0, amin=spec.amin, top_db=None)
