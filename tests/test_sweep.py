@@ -390,3 +390,20 @@ def test_stacked_and_segments_variants_share_the_same_folds(cache_dir):
     assert len(folds) == 4  # stacked twice, segments on random crops, segments on all windows
     first = next(iter(folds.values()))
     assert all(f == first for f in folds.values()) and len(first) >= 30
+
+
+def test_runs_that_failed_alike_are_reported_on_one_line():
+    from birdstack.evaluation.report import unfinished_lines
+
+    failed = pd.DataFrame(
+        {
+            "run": ["imagenet__fold0__seed0", "imagenet__fold1__seed0", "x__fold0__seed0"],
+            "status": ["failed", "failed", "unfinished"],
+            "error": ["BirdstackError: no weights", "BirdstackError: no weights", ""],
+        }
+    )
+    lines = unfinished_lines(failed)
+    assert len(lines) == 2
+    assert lines[0].startswith("- failed (2 runs: `imagenet__fold0__seed0`, `imagenet__fold1")
+    assert lines[0].count("no weights") == 1 and "error.txt" in lines[0]
+    assert lines[1] == "- unfinished (`x__fold0__seed0`)"

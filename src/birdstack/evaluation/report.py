@@ -430,6 +430,26 @@ def print_table(table: pd.DataFrame, console: Console, title: str) -> None:
     console.print(t)
 
 
+def unfinished_lines(failed: pd.DataFrame) -> list[str]:
+    """One Markdown bullet per status and error: runs that failed alike are listed together.
+
+    >>> df = pd.DataFrame({"run": ["a", "b", "c"], "status": ["failed", "failed", "unfinished"],
+    ...                    "error": ["E: no file", "E: no file", ""]})
+    >>> unfinished_lines(df)[0]
+    '- failed (2 runs: `a`, `b`) — E: no file (see `runs/<run>/error.txt`)'
+    """
+    out = []
+    for (status, error), grp in failed.groupby(["status", "error"], sort=False):
+        names = ", ".join(f"`{r}`" for r in grp["run"])
+        who = names if len(grp) == 1 else f"{len(grp)} runs: {names}"
+        out.append(
+            f"- {status} ({who})"
+            + (f" — {error}" if error else "")
+            + (" (see `runs/<run>/error.txt`)" if status == "failed" else "")
+        )
+    return out
+
+
 def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
     """Installed versions of the packages that decide the numbers."""
     out = {}
@@ -549,6 +569,7 @@ def write_sweep_report(
     console: Console | None = None,
     progress: bool = True,
     trained: int | None = None,
+    failed_now: int = 0,
 ) -> SweepReport:
     """``runs.csv``, ``results.csv``, ``results.md``, curve figures, the best run's
     confusion matrix and ``report.md`` in ``out_dir``."""
@@ -607,7 +628,9 @@ def write_sweep_report(
         f"- wall time: {total_run_wall:.0f} s of training (sum over runs)"
         + (f", {sweep_wall_s:.0f} s for this invocation" if sweep_wall_s is not None else "")
         + (
-            f" ({trained} run(s) trained, {len(runs) - trained} already finished)"
+            f" ({trained} run(s) trained, "
+            + (f"{failed_now} failed, " if failed_now else "")
+            + f"{len(runs) - trained - failed_now} already finished)"
             if trained is not None
             else ""
         ),
@@ -648,14 +671,7 @@ def write_sweep_report(
         lines += ["## Best run", "", f"`{best}` (highest {metric.acc}).", ""]
         lines.append(eval_md)
     if len(failed):
-        lines += ["## Runs not finished", ""]
-        lines += [
-            f"- `{r['run']}`: {r['status']}"
-            + (f" — {r['error']}" if r["error"] else "")
-            + (f" (see `runs/{r['run']}/error.txt`)" if r["status"] == "failed" else "")
-            for _, r in failed.iterrows()
-        ]
-        lines.append("")
+        lines += ["## Runs not finished", "", *unfinished_lines(failed), ""]
     lines += [
         "## Runs",
         "",

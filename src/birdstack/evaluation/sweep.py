@@ -614,7 +614,8 @@ def run_sweep(
         evaluate_best=evaluate_best,
         console=console,
         progress=progress,
-        trained=sum(state != "skipped" for state in states.values()),
+        trained=sum(state == "done" for state in states.values()),
+        failed_now=sum(state == "failed" for state in states.values()),
     )
     failed = [r.name for r in runs if rep.per_run.set_index("run").loc[r.name, "status"] != "done"]
     return SweepResult(
