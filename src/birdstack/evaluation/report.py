@@ -461,12 +461,26 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), or what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def machine_info() -> dict[str, Any]:
     """CPU count, platform and accelerator (for the report)."""
     import torch
 
     info: dict[str, Any] = {
         "cpus": os.cpu_count(),
+        # CPU kernels differ between instruction sets, and so can the last bits of a result
+        "cpu": f"{cpu_model()}, torch kernels {torch.backends.cpu.get_cpu_capability()}",
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -635,7 +649,8 @@ def write_sweep_report(
             else ""
         ),
         "- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- machine: {machine['cpus']} CPU(s), torch threads {machine['torch_threads']}, "
+        f"- machine: {machine['cpus']} CPU(s) ({machine['cpu']}), "
+        f"torch threads {machine['torch_threads']}, "
         f"GPU {machine['gpu']}, {machine['platform']}, Python {machine['python']}",
         f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "",
