@@ -69,9 +69,11 @@ def test_same_seed_same_metrics(demo_dir, cache_dir, tmp_path):
     pd.testing.assert_frame_equal(a.history[cols], b.history[cols])
 
 
-def test_resume_continues_to_the_same_result(demo_dir, cache_dir, tmp_path):
-    full = train(_cfg(demo_dir, cache_dir, tmp_path / "full", **{"trainer.epochs": 3}))
-    part = _cfg(demo_dir, cache_dir, tmp_path / "part", **{"trainer.epochs": 1})
+@pytest.mark.parametrize("precise_bn", [False, True])
+def test_resume_continues_to_the_same_result(demo_dir, cache_dir, tmp_path, precise_bn):
+    over = {"trainer.epochs": 3, "trainer.precise_bn": precise_bn}
+    full = train(_cfg(demo_dir, cache_dir, tmp_path / "full", **over))
+    part = _cfg(demo_dir, cache_dir, tmp_path / "part", **{**over, "trainer.epochs": 1})
     train(part)
     with pytest.raises(ConfigError, match="--resume"):
         train(part.override({"trainer.epochs": 3}))
@@ -105,8 +107,16 @@ def test_precise_bn_holds_the_statistics_of_the_training_inputs(
         bn.running_var, var, rtol=1e-3, atol=1e-5
     )
     assert matches == precise
-    # and the validation figures of the run were computed with those statistics
-    assert len(result.history) == 1 and result.history["val/loss"].notna().all()
+    # the epoch's validation ran with the statistics the checkpoint holds (recomputed
+    # before validation, not after): its loss is the rebuilt network's loss on the
+    # validation recordings (one batch)
+    val = m[~m["dropped"] & (m["fold"] == 0)]
+    vs = BirdDataset(val, info.preprocessing)
+    xv = torch.stack([vs[i][0] for i in range(len(vs))])
+    yv = torch.tensor([vs[i][1] for i in range(len(vs))])
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(net.eval()(xv), yv).item()
+    assert loss == pytest.approx(result.history["val/loss"].iloc[0], rel=1e-4)
 
 
 def test_unknown_model_and_optimizer_fail_before_work(demo_dir, cache_dir, tmp_path):
