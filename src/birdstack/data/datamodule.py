@@ -211,9 +211,8 @@ class BirdDataModule(L.LightningDataModule):
         epoch, unshuffled and with no batch dropped; the same on every process.
         """
         ds = self.train_set
-        order: list[int | tuple[int, int]] = list(range(len(ds)))
-        if ds.random_crops is not None:
-            order = [(i, epoch) for i in range(len(ds))]
+        crops = ds.random_crops is not None
+        order = [(i, epoch) if crops else i for i in range(len(ds))]
         return DataLoader(
             ds, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers
         )

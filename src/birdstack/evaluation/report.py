@@ -417,16 +417,18 @@ def print_table(table: pd.DataFrame, console: Console, title: str) -> None:
     Accuracy, macro-F1 and loss keep their ``mean ± std`` whole; the variant label
     wraps instead of being squeezed out.
     """
-    _, rows = table_rows(table)
-    keep = {"variant": 0, "acc": 1, "F1": 2, "loss": 3, "s/run": 6, "runs": 7}
+    header, rows = table_rows(table)
+    short = {"variant": "variant", "accuracy": "acc", "macro-F1": "F1", "loss": "loss"}
+    short.update({"wall time / run": "s/run", "runs": "runs"})
+    cols = [header.index(h) for h in short]
     t = Table(title=title)
-    for h in keep:
+    for h in short.values():
         if h == "variant":
             t.add_column(h, justify="left", overflow="fold", min_width=12)
         else:
             t.add_column(h, justify="right", no_wrap=True)
     for row in rows:
-        t.add_row(*(row[i] for i in keep.values()))
+        t.add_row(*(row[i] for i in cols))
     console.print(t)
 
 

@@ -617,7 +617,8 @@ def run_sweep(
         trained=sum(state == "done" for state in states.values()),
         failed_now=sum(state == "failed" for state in states.values()),
     )
-    failed = [r.name for r in runs if rep.per_run.set_index("run").loc[r.name, "status"] != "done"]
+    status = rep.per_run.set_index("run")["status"]
+    failed = [r.name for r in runs if status[r.name] != "done"]
     return SweepResult(
         out, runs, rep.per_run, rep.table, rep.report, failed, wall, sorted(set(skipped))
     )

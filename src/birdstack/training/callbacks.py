@@ -13,14 +13,6 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 
-def has_batchnorm(net: nn.Module) -> bool:
-    """Whether ``net`` holds a BatchNorm layer with running statistics."""
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-        for m in net.modules()
-    )
-
-
 class PreciseBatchNorm(L.Callback):
     """Recompute BatchNorm running statistics with one pass over the training set.
 
@@ -42,8 +34,7 @@ class PreciseBatchNorm(L.Callback):
         if trainer.sanity_checking:
             return
         net: nn.Module = getattr(pl_module, "net", pl_module)
-        if not has_batchnorm(net):
-            return
         datamodule: Any = trainer.datamodule
         loader = datamodule.stats_dataloader(epoch=trainer.current_epoch)
-        update_bn(loader, net, device=pl_module.device)  # restores net's train/eval mode
+        # a network without BatchNorm returns before the first batch; train/eval mode is restored
+        update_bn(loader, net, device=pl_module.device)
