@@ -1,4 +1,4 @@
-"""Model registry, the shared BirdNet interface and first-layer adaptation (no weights needed)."""
+"""Model registry, the shared BirdstackNet interface and first-layer adaptation (no weights needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from birdstack.config import ConfigError, ModelConfig
 from birdstack.models import (
-    BirdNet,
+    BirdstackNet,
     ModelConfigError,
     adapt_first_conv,
     create_model,
@@ -47,7 +47,7 @@ def test_forward_backward(name: str, in_chans: int) -> None:
     _needs(name)
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, in_chans=in_chans)
-    assert isinstance(model, BirdNet)
+    assert isinstance(model, BirdstackNet)
     x = torch.randn(2, in_chans, 128, 96)
     logits = model(x)
     assert logits.shape == (2, 5)

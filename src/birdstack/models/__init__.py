@@ -7,7 +7,7 @@
     >>> model.num_features, model.model_args["in_chans"]
     (512, 10)
 
-Every model is a :class:`BirdNet`: ``forward(x[B, C, H, W]) -> logits[B, K]``,
+Every model is a :class:`BirdstackNet`: ``forward(x[B, C, H, W]) -> logits[B, K]``,
 ``forward_features(x) -> [B, num_features]``, ``get_classifier()``,
 ``reset_classifier(K)`` and ``model_args`` (``create_model(**model.model_args)``
 rebuilds the architecture).
@@ -17,7 +17,7 @@ from birdstack.models import efficientnet_lite, mobilenet_compact, torchvision_m
 from birdstack.models.adapt import adapt_first_conv, first_conv_name, fresh_first_conv
 from birdstack.models.registry import (
     ADAPT_MODES,
-    BirdNet,
+    BirdstackNet,
     ModelArgs,
     ModelConfigError,
     create_model,
@@ -29,7 +29,7 @@ from birdstack.models.registry import (
 
 __all__ = [
     "ADAPT_MODES",
-    "BirdNet",
+    "BirdstackNet",
     "ModelArgs",
     "ModelConfigError",
     "adapt_first_conv",

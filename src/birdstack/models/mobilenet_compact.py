@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
-from birdstack.models.registry import BirdNet, ModelArgs, register_model
+from birdstack.models.registry import BirdstackNet, ModelArgs, register_model
 
 STAGES: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1),
@@ -61,10 +61,10 @@ def mobilenet_compact_backbone(
 
 
 @register_model
-def mobilenet_compact(args: ModelArgs) -> BirdNet:
+def mobilenet_compact(args: ModelArgs) -> BirdstackNet:
     """The study's compact MobileNetV2 (about 187k parameters for 10 channels, 6 classes)."""
     backbone, num_features = mobilenet_compact_backbone(args.in_chans)
-    return BirdNet(
+    return BirdstackNet(
         backbone,
         num_features,
         args.num_classes,

@@ -1,7 +1,7 @@
 """Model registry (timm style) and the interface every birdstack network shares.
 
 A builder is registered under a name and turns :class:`ModelArgs` into a
-:class:`BirdNet`; :func:`create_model` validates the arguments, calls the builder
+:class:`BirdstackNet`; :func:`create_model` validates the arguments, calls the builder
 and records the arguments on the model so that a checkpoint can rebuild it::
 
     >>> model = create_model("mobilenet_compact", num_classes=6, in_chans=10)
@@ -52,7 +52,7 @@ class ModelArgs:
         return dataclasses.asdict(dataclasses.replace(self, pretrained=False, weights=None))
 
 
-class BirdNet(nn.Module):
+class BirdstackNet(nn.Module):
     """``backbone`` (image -> pooled embedding ``[B, D]``) + dropout + ``Linear(D, K)`` head.
 
     Attributes: ``num_features`` (D), ``num_classes`` (K), ``in_chans``, ``first_conv``
@@ -117,15 +117,15 @@ class BirdNet(nn.Module):
         self.num_classes = head.out_features
 
 
-Builder = Callable[[ModelArgs], BirdNet]
+Builder = Callable[[ModelArgs], BirdstackNet]
 
 
 def wrap_backbone(
     net: nn.Module, linear: nn.Linear, args: ModelArgs, first: str, source: str | None
-) -> BirdNet:
-    """A :class:`BirdNet` around a headless backbone; ``linear`` is the backbone's old head,
+) -> BirdstackNet:
+    """A :class:`BirdstackNet` around a headless backbone; ``linear`` is the backbone's old head,
     kept when it was loaded pretrained and ``num_classes`` equals its size."""
-    model = BirdNet(
+    model = BirdstackNet(
         net,
         linear.in_features,
         args.num_classes,
@@ -194,7 +194,7 @@ def create_model(
     weights: str | None = None,
     adapt: str = "mean",
     dropout: float = 0.0,
-) -> BirdNet:
+) -> BirdstackNet:
     """Build a registered model.
 
     ``pretrained``: load ImageNet weights (downloaded once into torch's hub cache), or
@@ -235,7 +235,7 @@ def create_model(
     return model
 
 
-def create_model_from_config(cfg: ModelConfig, num_classes: int, in_chans: int) -> BirdNet:
+def create_model_from_config(cfg: ModelConfig, num_classes: int, in_chans: int) -> BirdstackNet:
     """:func:`create_model` from a :class:`~birdstack.config.ModelConfig`."""
     return create_model(
         cfg.name,

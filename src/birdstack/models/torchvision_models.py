@@ -4,7 +4,7 @@ Pretrained weights come from torchvision's weights API (downloaded once into
 ``torch.hub.get_dir()/checkpoints``, i.e. ``$TORCH_HOME/hub/checkpoints``) or from a
 local state_dict file of the same torchvision model (``weights=PATH``). Without a
 network and without the cached file the error says which file to put where.
-torchvision's own head (and its dropout) is replaced by the :class:`BirdNet` head.
+torchvision's own head (and its dropout) is replaced by the :class:`BirdstackNet` head.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torchvision.models import WeightsEnum
 
 from birdstack.models.adapt import replace_first_conv
 from birdstack.models.registry import (
-    BirdNet,
+    BirdstackNet,
     ModelArgs,
     describe,
     load_matching,
@@ -74,8 +74,8 @@ def build_torchvision(
     constructor: Callable[..., nn.Module],
     weights: WeightsEnum,
     head: str,
-) -> BirdNet:
-    """Wrap torchvision ``constructor`` as a :class:`BirdNet`.
+) -> BirdstackNet:
+    """Wrap torchvision ``constructor`` as a :class:`BirdstackNet`.
 
     ``head`` is the attribute holding the ImageNet classifier (``fc`` for ResNets,
     ``classifier`` for MobileNetV2 / EfficientNet, whose last layer is the Linear).
@@ -100,32 +100,32 @@ def build_torchvision(
 
 
 @register_model(pretrained=True)
-def resnet18(args: ModelArgs) -> BirdNet:
+def resnet18(args: ModelArgs) -> BirdstackNet:
     """ResNet-18 (ImageNet weights ``IMAGENET1K_V1``)."""
     return build_torchvision(args, tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, "fc")
 
 
 @register_model(pretrained=True)
-def resnet34(args: ModelArgs) -> BirdNet:
+def resnet34(args: ModelArgs) -> BirdstackNet:
     """ResNet-34 (ImageNet weights ``IMAGENET1K_V1``)."""
     return build_torchvision(args, tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, "fc")
 
 
 @register_model(pretrained=True)
-def resnet50(args: ModelArgs) -> BirdNet:
+def resnet50(args: ModelArgs) -> BirdstackNet:
     """ResNet-50 (ImageNet weights ``IMAGENET1K_V2``)."""
     return build_torchvision(args, tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, "fc")
 
 
 @register_model(pretrained=True)
-def mobilenet_v2(args: ModelArgs) -> BirdNet:
+def mobilenet_v2(args: ModelArgs) -> BirdstackNet:
     """torchvision's full MobileNetV2 (ImageNet weights ``IMAGENET1K_V2``)."""
     weights = tvm.MobileNet_V2_Weights.IMAGENET1K_V2
     return build_torchvision(args, tvm.mobilenet_v2, weights, "classifier")
 
 
 @register_model(pretrained=True)
-def efficientnet_b0(args: ModelArgs) -> BirdNet:
+def efficientnet_b0(args: ModelArgs) -> BirdstackNet:
     """EfficientNet-B0 (ImageNet weights ``IMAGENET1K_V1``)."""
     weights = tvm.EfficientNet_B0_Weights.IMAGENET1K_V1
     return build_torchvision(args, tvm.efficientnet_b0, weights, "classifier")
