@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from birdstack.config import ConfigError
-from birdstack.evaluation.report import (
+from birdstack.sweeps.report import (
     SEGMENT_METRICS,
     STACKED_METRICS,
     aggregate_runs,
@@ -25,7 +25,7 @@ from birdstack.evaluation.report import (
     paired_differences,
     read_run_metrics,
 )
-from birdstack.evaluation.sweep import experiment_from_dict, load_experiment, plan_runs
+from birdstack.sweeps.sweep import experiment_from_dict, load_experiment, plan_runs
 
 pytestmark = pytest.mark.xdist_group("sweep")
 
@@ -340,7 +340,7 @@ def test_killed_sweep_resumes_to_the_same_table(full_sweep, cache_dir, tmp_path)
 
 
 def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, cache_dir, demo_dir):
-    from birdstack.evaluation.sweep import run_sweep
+    from birdstack.sweeps.sweep import run_sweep
 
     exp = experiment_from_dict(
         {
@@ -394,7 +394,7 @@ def test_stacked_and_segments_variants_share_the_same_folds(cache_dir):
 
 
 def test_runs_that_failed_alike_are_reported_on_one_line():
-    from birdstack.evaluation.report import unfinished_lines
+    from birdstack.sweeps.report import unfinished_lines
 
     failed = pd.DataFrame(
         {

@@ -276,11 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     for name, module, helptext in (
-        ("evaluate", "birdstack.evaluation.cli", "evaluate a checkpoint on labelled data"),
-        ("predict", "birdstack.inference.cli", "predict species in recordings / soundscapes"),
-        ("export", "birdstack.inference.cli", "export a checkpoint to ONNX"),
-        ("sweep", "birdstack.evaluation.cli", "run an experiment grid (resumable)"),
-        ("demo", "birdstack.evaluation.cli", "the whole pipeline on the embedded demo data"),
+        ("evaluate", "birdstack.cli.evaluate", "evaluate a checkpoint on labelled data"),
+        ("predict", "birdstack.cli.predict", "predict species in recordings / soundscapes"),
+        ("export", "birdstack.cli.predict", "export a checkpoint to ONNX"),
+        ("sweep", "birdstack.cli.sweep", "run an experiment grid (resumable)"),
+        ("demo", "birdstack.cli.demo", "the whole pipeline on the embedded demo data"),
     ):
         p = sub.add_parser(name, help=helptext)
         mod = __import__(module, fromlist=["add_arguments"]) if _importable(module) else None

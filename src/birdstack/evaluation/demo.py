@@ -92,7 +92,8 @@ def run_demo(
 ) -> DemoResult:
     """Prepare, train, evaluate and report on the demo data (see the module docstring)."""
     from birdstack.evaluation.evaluate import evaluate_checkpoint
-    from birdstack.evaluation.sweep import RunSpec, Variant, config_differences
+    from birdstack.sweeps.runs import RunSpec, Variant
+    from birdstack.sweeps.sweep import config_differences
     from birdstack.training.train import train
 
     console = console or Console()
@@ -177,7 +178,7 @@ def run_demo(
 def _write_report(
     out: Path, cfg: Config, res: dict[str, Any], ev: Any, why: str, wall: float
 ) -> Path:
-    from birdstack.evaluation.report import machine_info, package_versions
+    from birdstack.sweeps.report import machine_info, package_versions
 
     r = ev.recording
     best = res.get("best", {})

@@ -32,17 +32,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from birdstack.evaluation.plots import plot_curves
+from birdstack.sweeps.runs import Experiment, RunSpec, label_of, slugify
 from birdstack.utils import atomic_write_text, get_logger
-
-if TYPE_CHECKING:
-    from birdstack.evaluation.sweep import Experiment, RunSpec
 
 log = get_logger("report")
 
@@ -501,13 +499,11 @@ def machine_info() -> dict[str, Any]:
 
 def _figure_groups(exp: Experiment) -> dict[str, list[str]]:
     """Variant labels per curves figure (``compare.figures_by``), file stem -> labels."""
-    from birdstack.evaluation.sweep import _label_of, slugify
-
     if not exp.figures_by:
         return {"curves": [v.label for v in exp.variants]}
     groups: dict[str, list[str]] = {}
     for v in exp.variants:
-        key = _label_of({k: v.overrides.get(k) for k in exp.figures_by})
+        key = label_of({k: v.overrides.get(k) for k in exp.figures_by})
         groups.setdefault(f"curves_{slugify(key)}", []).append(v.label)
     return groups
 

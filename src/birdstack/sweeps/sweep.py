@@ -27,7 +27,7 @@ Every run gets its own folder ``OUT/runs/<variant>__fold<k>__seed<s>/`` (its
 ``out_dir``). Starting the sweep again skips finished runs (``result.json``
 present), resumes unfinished ones from ``checkpoints/last.ckpt``, and retries
 failed ones; a failing run is reported (``error.txt`` in its folder) and the
-others go on. Then :mod:`birdstack.evaluation.report` writes the tables, figures
+others go on. Then :mod:`birdstack.sweeps.report` writes the tables, figures
 and ``report.md``.
 
     >>> exp = load_experiment("experiments/smoke.yaml")               # doctest: +SKIP
@@ -38,7 +38,6 @@ and ``report.md``.
 from __future__ import annotations
 
 import itertools
-import re
 import shlex
 import sys
 import time
@@ -60,6 +59,14 @@ from birdstack.config import (
     dotted_to_nested,
     load_yaml,
     load_yaml_with_base,
+)
+from birdstack.sweeps.runs import (
+    Experiment,
+    RunSpec,
+    Variant,
+    format_value,
+    label_of,
+    slugify,
 )
 from birdstack.utils import (
     atomic_write_json,
@@ -87,58 +94,6 @@ RUN_FILE = "sweep_run.json"
 _VOLATILE_KEYS = ("out_dir", "trainer.progress", "data.cache_dir", "data.workers")
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One point of the comparison: a label and the dotted config keys it sets."""
-
-    label: str
-    slug: str
-    overrides: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A parsed experiment file (see the module docstring for the format)."""
-
-    name: str
-    description: str
-    base: dict[str, Any]
-    variants: list[Variant]
-    seeds: list[int]
-    folds: list[int] | str
-    figures_by: list[str] = field(default_factory=list)
-    title: str | None = None
-    reference: dict[str, Any] = field(default_factory=dict)
-    epoch: str = "best"
-    path: Path | None = None
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One planned training run."""
-
-    name: str
-    variant: Variant
-    fold: int
-    seed: int
-    config: Config
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.config.out_dir)
-
-    def status(self) -> str:
-        """``done`` (result.json), ``resume`` (last checkpoint), ``failed`` or ``new``."""
-        d = self.run_dir
-        if (d / "result.json").is_file():
-            return "done"
-        if (d / "checkpoints" / "last.ckpt").is_file():
-            return "resume"
-        if (d / "error.txt").is_file():
-            return "failed"
-        return "new"
-
-
 @dataclass
 class SweepResult:
     """What :func:`run_sweep` produced."""
@@ -154,43 +109,6 @@ class SweepResult:
 
 
 # ----------------------------------------------------------------------------- parsing
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _short_keys(keys: Sequence[str]) -> dict[str, str]:
-    """Last dotted part of each key (the section for ``name`` / ``kind``), or the whole key
-    where two would clash: ``optim.name`` -> ``optim``, ``optim.lr`` -> ``lr``."""
-
-    def short(k: str) -> str:
-        parts = k.split(".")
-        return parts[-2] if len(parts) > 1 and parts[-1] in ("name", "kind") else parts[-1]
-
-    last = [short(k) for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
-
-
-def slugify(label: str) -> str:
-    """A folder-safe form of a variant label.
-
-    >>> slugify("optim=adam lr=0.01")
-    'optim-adam_lr-0.01'
-    """
-    s = label.replace("=", "-")
-    s = re.sub(r"\s+", "_", s.strip())
-    s = re.sub(r"[^A-Za-z0-9._+-]+", "-", s)
-    return s.strip("-_.") or "variant"
-
-
-def _label_of(overrides: dict[str, Any]) -> str:
-    short = _short_keys(list(overrides))
-    return " ".join(f"{short[k]}={_fmt(v)}" for k, v in overrides.items()) or "base"
 
 
 def _variants(data: dict[str, Any], where: str) -> list[Variant]:
@@ -216,7 +134,7 @@ def _variants(data: dict[str, Any], where: str) -> list[Variant]:
     points = [dict(zip(keys, combo)) for combo in itertools.product(*grid.values())]
     out: list[Variant] = []
     for (vlabel, vover), point in itertools.product(explicit, points):
-        parts = [vlabel or (_label_of(vover) if vover else ""), _label_of(point) if point else ""]
+        parts = [vlabel or (label_of(vover) if vover else ""), label_of(point) if point else ""]
         label = " ".join(p for p in parts if p) or "base"
         out.append(Variant(label=label, slug=slugify(label), overrides={**vover, **point}))
     labels = [v.label for v in out]
@@ -350,7 +268,7 @@ def _matches(value: Any, wanted: Any) -> bool:
     """``--only`` matching: equal, or one of a list."""
     if isinstance(wanted, list):
         return any(_matches(value, w) for w in wanted)
-    return value == wanted or (isinstance(wanted, str) and _fmt(value) == wanted)
+    return value == wanted or (isinstance(wanted, str) and format_value(value) == wanted)
 
 
 def plan_runs(
@@ -393,7 +311,7 @@ def plan_runs(
         for k in wanted:
             if k not in flat:
                 raise ConfigError(f"--only {k}: not a config key (nor 'variant')")
-            seen[k].add(_fmt(flat[k]))
+            seen[k].add(format_value(flat[k]))
         if not all(_matches(flat[k], val) for k, val in wanted.items()):
             continue
         cfg = cfg.override(
@@ -550,7 +468,7 @@ def run_sweep(
     split (confusion matrix in the report). ``only``: run and report just the variants
     whose config has these ``key=value`` settings (see :func:`plan_runs`).
     """
-    from birdstack.evaluation import report
+    from birdstack.sweeps import report
 
     console = console or Console()
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)

@@ -1,0 +1,1 @@
+"""birdstack.sweeps: experiment grids (sweep), their run records (runs) and reports (report)."""
