@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,lite,onnx]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,lite,onnx,birdnet]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install birdstack with all extras
@@ -29,7 +29,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)  ## speed benchmarks (print ratios against baselines measured in the same run)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/birdnet_embeddings.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/inference.py
 

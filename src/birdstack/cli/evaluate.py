@@ -16,7 +16,11 @@ from birdstack.cli.main import EXIT_OK, EXIT_SKIPPED, _progress
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``birdstack evaluate``."""
-    p.add_argument("checkpoint", help="a birdstack checkpoint (RUN/checkpoints/best.ckpt)")
+    p.add_argument(
+        "checkpoint",
+        help="a birdstack checkpoint (RUN/checkpoints/best.ckpt), or 'birdnet' for BirdNET "
+        "V2.4's own scores with nothing trained (the species it knows; needs birdstack[birdnet])",
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -33,6 +37,21 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="folder for metrics.json, predictions.csv, confusion.csv/png")
     p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/birdstack)")
+    p.add_argument(
+        "--species",
+        help="with 'birdnet': comma-separated classes to score (default: the data's species, "
+        "or the manifest's kept ones)",
+    )
+    p.add_argument(
+        "--location-filter",
+        choices=("off", "drop", "weight"),
+        default="off",
+        help="BirdNET's location/season filter with each recording's own latitude, longitude "
+        "and date columns (default off)",
+    )
+    p.add_argument(
+        "--location-threshold", type=float, default=0.03, help="occurrence threshold (0.03)"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -47,6 +66,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         cache_dir=args.cache_dir,
         progress=_progress(args),
+        location=args.location_filter,
+        location_threshold=args.location_threshold,
+        species=[s.strip() for s in args.species.split(",") if s.strip()] if args.species else None,
     )
     n_bad = res.excluded.get("unreadable_audio", 0)
     if n_bad and getattr(args, "on_error", "fail") != "skip":

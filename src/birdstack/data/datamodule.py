@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from birdstack.config import Preprocessing
+from birdstack.features.birdnet import pool_windows
 from birdstack.features.encoding import encode_segment, encode_stacked, segment_starts
 
 if TYPE_CHECKING:
@@ -91,7 +92,9 @@ class BirdDataset(Dataset):
 
     def _db(self, i: int) -> np.ndarray:
         if i not in self._cache:
-            self._cache[i] = _load_db(self.files[i])
+            db = _load_db(self.files[i])
+            # BirdNET windows are columns of a [7546, windows] array: read it once, not strided
+            self._cache[i] = np.ascontiguousarray(db.T).T if self.pre.is_birdnet else db
         return self._cache[i]
 
     def _random_start(self, i: int, idx: int, epoch: int | None) -> int:
@@ -112,7 +115,11 @@ class BirdDataset(Dataset):
             start = self._random_start(i, idx, epoch)
         db = self._db(i)
         enc = self.pre.encoding
-        if enc.kind == "segments":
+        if self.pre.is_birdnet and enc.kind == "pooled":  # the whole recording, pooled
+            x = pool_windows(db)
+        elif self.pre.is_birdnet:  # one BirdNET window: its embedding and logits, as they are
+            x = np.array(db[:, start], dtype=np.float32)
+        elif enc.kind == "segments":
             x = encode_segment(db, start, self.window, self.top_db)
         else:
             assert enc.target_frames is not None

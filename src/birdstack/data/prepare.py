@@ -77,6 +77,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "birdstack" / "features"
 
 
+def resolve_frontend(preprocessing: Preprocessing) -> Preprocessing:
+    """Record the BirdNET model's sha256 in the preprocessing (refusing a different one).
+
+    The checkpoint carries it, so a run can only be resumed, evaluated or used for
+    prediction with the model its features came from.
+    """
+    if not preprocessing.is_birdnet:
+        return preprocessing
+    from birdstack.features.birdnet import check_identity
+
+    ident = check_identity(preprocessing.birdnet, "this configuration")
+    bn = dataclasses.replace(preprocessing.birdnet, sha256=ident["sha256"])
+    return dataclasses.replace(preprocessing, birdnet=bn)
+
+
 @dataclass
 class PreparedData:
     """The result of :func:`prepare`."""
@@ -143,10 +158,9 @@ def prepare(
         _drop_rows(df, drop_secondary(df[~df["dropped"]], classes)[1])
 
     # features for every recording still in play
-    cache = FeatureCache(
-        Path(data.cache_dir) if data.cache_dir else default_cache_dir(),
-        preprocessing.audio,
-        preprocessing.spectrogram,
+    preprocessing = resolve_frontend(preprocessing)
+    cache = FeatureCache.for_preprocessing(
+        Path(data.cache_dir) if data.cache_dir else default_cache_dir(), preprocessing
     )
     todo = df[~df["dropped"]]
     result = cache.compute_many(
@@ -306,6 +320,8 @@ def print_summary(prepared: PreparedData, console: Console) -> None:
         f"(fold {prepared.data.val_fold} of {prepared.data.n_folds}, grouped by session); "
         f"encoding {enc.kind}"
     )
+    if prepared.preprocessing.is_birdnet:
+        line += f" of BirdNET V2.4 windows (3 s every {prepared.preprocessing.birdnet.hop_s:g} s)"
     if enc.kind == "stacked":
         line += (
             f", target {enc.target_frames} frames -> input {prepared.preprocessing.input_shape()}"

@@ -43,6 +43,51 @@ from birdstack.utils import BadInputError, atomic_write_json, atomic_write_text,
 
 log = get_logger("evaluate")
 
+BIRDNET_REFERENCE = "birdnet"  # evaluate's name for BirdNET's own scores (no checkpoint)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else f
+
+
+def week_48(date: str | None) -> int:
+    """BirdNET's week (1..48, -1 unknown) of an ISO date string."""
+    from birdstack.features.birdnet import week_48 as w
+
+    return w(date)
+
+
+def reference_predictor(
+    data: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+    species: list[str] | None = None,
+) -> Any:
+    """BirdNET's own scores for the species of ``data`` (or of a run's ``manifest``)."""
+    from birdstack.data.metadata import load_metadata
+    from birdstack.inference.predictor import Predictor
+
+    meta = load_metadata(data)
+    if species:
+        classes = sorted(species)
+    elif manifest is not None:
+        m = pd.read_csv(manifest)
+        kept = m[~m["dropped"].astype(bool)]
+        classes = sorted(kept["primary_label"].astype(str).unique())
+    else:
+        classes = sorted(meta["primary_label"].astype(str).unique())
+    names = {}
+    if "scientific_name" in meta:
+        for c in classes:
+            vals = meta.loc[meta["primary_label"] == c, "scientific_name"].dropna()
+            if len(vals):
+                names[c] = str(vals.iloc[0])
+    return Predictor.birdnet_reference(classes, names)
+
 
 @dataclass
 class EvalResult:
@@ -171,18 +216,29 @@ def evaluate_checkpoint(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     console: Console | None = None,
+    location: str = "off",
+    location_threshold: float = 0.03,
+    species: list[str] | None = None,
 ) -> EvalResult:
     """Score every selected recording of ``data`` and compute all figures (see module doc).
 
     ``cache_dir``: feature cache folder (default: the one ``prepare`` uses).
+    ``ckpt="birdnet"``: score BirdNET V2.4's own predictions, with nothing trained, for
+    the data's species (or ``species``), as a reference row; classes BirdNET does not
+    know are named and never predicted. ``location``: the location and season filter
+    (``drop`` / ``weight``, see :class:`~birdstack.config.LocationConfig`) with each
+    recording's own ``latitude``, ``longitude`` and ``date``.
     """
     from birdstack.data.prepare import default_cache_dir
     from birdstack.features.cache import FeatureCache
     from birdstack.inference.predictor import Predictor
 
     console = console or Console()
+    if str(ckpt) == BIRDNET_REFERENCE:
+        pred = reference_predictor(data, manifest, split, species)
+    else:
+        pred = Predictor.from_checkpoint(ckpt)
     ckpt = Path(ckpt)
-    pred = Predictor.from_checkpoint(ckpt)
     classes = list(pred.classes)
     pre = pred.preprocessing
     rows, excluded = select_recordings(data, classes, manifest, split)
@@ -196,8 +252,8 @@ def evaluate_checkpoint(
     if rows.empty:
         raise BadInputError(str(data), "no recordings of the checkpoint's classes to evaluate")
 
-    cache = FeatureCache(
-        Path(cache_dir) if cache_dir else default_cache_dir(), pre.audio, pre.spectrogram
+    cache = FeatureCache.for_preprocessing(
+        Path(cache_dir) if cache_dir else default_cache_dir(), pre
     )
     paths = [Path(p) for p in rows["path"]]
     entries = cache.compute_many(paths, progress=progress)
@@ -215,13 +271,27 @@ def evaluate_checkpoint(
             continue
         db = np.load(entry.cache_file)
         kept.append(i)
-        if enc.kind == "segments":  # one pass: the pooled windows are the table's windows
+        if location != "off":
+            r = rows.loc[i]
+            pred.set_location(
+                _num(r.get("latitude")),
+                _num(r.get("longitude")),
+                week_48(r.get("date") if isinstance(r.get("date"), str) else None),
+                location,
+                location_threshold,
+            )
+        if pre.is_birdnet:  # one pass: the pooled windows are BirdNET's windows
+            res = pred.score_frames([db])
+            rec_probs.append(res.probs)
+            win_probs.append(res.window_probs)
+            win_labels += [label_idx[rows.loc[i, "primary_label"]]] * len(res.window_probs)
+        elif enc.kind == "segments":  # one pass: the pooled windows are the table's windows
             res = pred.score_frames([db], window_s=enc.window_s, hop_s=enc.hop_s)
             rec_probs.append(res.probs)
             win_probs.append(res.window_probs)
             win_labels += [label_idx[rows.loc[i, "primary_label"]]] * len(res.window_probs)
         else:
-            rec_probs.append(pred.recording_probs(db))
+            rec_probs.append(pred.apply_location(pred.recording_probs(db)))
     if not kept:
         raise BadInputError(str(data), "none of the selected recordings could be decoded")
     rows = rows.loc[kept].reset_index(drop=True)

@@ -1,8 +1,10 @@
-"""Content-addressed cache of log-mel spectrograms.
+"""Content-addressed cache of features: log-mel spectrograms or BirdNET windows.
 
-Each recording's dB spectrogram (float32 ``[n_mels, frames]``, see
-:func:`birdstack.features.mel.compute_logmel`) is stored once per audio content and
-feature settings::
+Each recording's features are stored once per audio content and feature settings:
+its dB spectrogram (float32 ``[n_mels, frames]``, see
+:func:`birdstack.features.mel.compute_logmel`), or with the BirdNET front end its
+BirdNET embeddings and logits (float32 ``[1024 + 6522, windows]``, see
+:mod:`birdstack.features.birdnet`; a window counts as a frame)::
 
     <root>/<settings_hash>/<sha1[:2]>/<sha1>.npy    the spectrogram
     <root>/<settings_hash>/<sha1[:2]>/<sha1>.json   samples, duration, frames (or the error)
@@ -11,7 +13,9 @@ feature settings::
 ``sha1`` is the SHA-1 of the audio file's bytes, so renamed or copied files hit the
 cache and a file whose content changes misses it. ``settings_hash`` covers the
 audio and spectrogram settings that change the stored values (``top_db`` does not:
-it is applied per model input) and :data:`FEATURE_VERSION`.
+it is applied per model input) and :data:`FEATURE_VERSION`; for BirdNET it covers
+the backbone's identity (name, version, sha256 of the model file), the window hop
+and the last-window rule instead, so two BirdNET models never share entries.
 
 Both files are written atomically, the ``.json`` last: an entry exists once its
 ``.json`` does, so a run killed at any moment leaves finished entries intact and
@@ -20,7 +24,7 @@ disk) is detected and recomputed. Files that cannot be decoded are remembered to
 (their ``.json`` holds the reason), so they are not decoded again::
 
     >>> import tempfile, pathlib, numpy as np, soundfile as sf
-    >>> from birdstack.config import AudioConfig, SpectrogramConfig
+    >>> from birdstack.config import AudioConfig, BirdnetConfig, SpectrogramConfig
     >>> tmp = pathlib.Path(tempfile.mkdtemp())
     >>> sf.write(tmp / "a.wav", np.zeros(32000, "float32"), 32000)
     >>> cache = FeatureCache(tmp / "cache", AudioConfig(), SpectrogramConfig())
@@ -48,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from birdstack.config import AudioConfig, SpectrogramConfig
+from birdstack.config import AudioConfig, BirdnetConfig, SpectrogramConfig
 from birdstack.utils import (
     BadInputError,
     atomic_path,
@@ -141,7 +145,24 @@ class CacheResult:
 # --------------------------------------------------------------------------- computing
 
 
-def _key_settings(audio: AudioConfig, spec: SpectrogramConfig) -> dict[str, Any]:
+def _key_settings(
+    audio: AudioConfig,
+    spec: SpectrogramConfig,
+    birdnet: BirdnetConfig | None = None,
+    min_last: float = 0.5,
+) -> dict[str, Any]:
+    if birdnet is not None:
+        from birdstack.features.birdnet import identity
+
+        ident = identity(birdnet)
+        return {
+            "feature_version": FEATURE_VERSION,
+            "frontend": "birdnet",
+            "backbone": {k: ident[k] for k in ("name", "version", "sha256")},
+            "sample_rate": audio.sample_rate,
+            "hop_s": birdnet.hop_s,
+            "min_last_window": min_last,
+        }
     spec_d = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_IN_KEY}
     return {
         "feature_version": FEATURE_VERSION,
@@ -156,10 +177,32 @@ def _npy_bytes(db: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _compute_features(
-    path: Path, audio: AudioConfig, spec: SpectrogramConfig
+def _compute_birdnet(
+    path: Path, audio: AudioConfig, birdnet: BirdnetConfig, min_last: float, threads: int | None
 ) -> tuple[np.ndarray, int]:
-    """Decode ``path`` and compute its dB spectrogram; returns ``(db, samples)``."""
+    """Decode ``path`` at 48 kHz and compute its BirdNET features; ``(features, samples)``."""
+    from birdstack.features.audio import stream_audio
+    from birdstack.features.birdnet import stream_features
+
+    counter = [0]
+    blocks = stream_audio(path, audio.sample_rate, block_s=60.0)
+    chunks = list(stream_features(blocks, birdnet, min_last, counter, threads))
+    if not chunks or counter[0] == 0:
+        raise BadInputError(path, "no audio samples")
+    return np.concatenate(chunks, axis=1), counter[0]
+
+
+def _compute_features(
+    path: Path,
+    audio: AudioConfig,
+    spec: SpectrogramConfig,
+    birdnet: BirdnetConfig | None = None,
+    min_last: float = 0.5,
+    threads: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Decode ``path`` and compute its features; returns ``(features, samples)``."""
+    if birdnet is not None:
+        return _compute_birdnet(path, audio, birdnet, min_last, threads)
     import torch
 
     from birdstack.features.audio import audio_info, load_audio, stream_audio
@@ -198,12 +241,20 @@ def _write_entry(
 
 
 def _work(
-    path: str, sha: str, npy: str, meta_path: str, audio: AudioConfig, spec: SpectrogramConfig
+    path: str,
+    sha: str,
+    npy: str,
+    meta_path: str,
+    audio: AudioConfig,
+    spec: SpectrogramConfig,
+    birdnet: BirdnetConfig | None = None,
+    min_last: float = 0.5,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Compute one entry and write it; returns its metadata (runs in a worker process)."""
     meta: dict[str, Any] = {"sha1": sha, "source": Path(path).name}
     try:
-        db, samples = _compute_features(Path(path), audio, spec)
+        db, samples = _compute_features(Path(path), audio, spec, birdnet, min_last, threads)
     except BadInputError as e:
         return _write_entry(Path(npy), Path(meta_path), None, {**meta, "error": e.reason})
     meta.update(
@@ -260,15 +311,39 @@ def default_workers() -> int:
 
 
 class FeatureCache:
-    """Log-mel features of audio files, computed once per content and settings."""
+    """Features of audio files, computed once per content and settings.
 
-    def __init__(self, root: str | os.PathLike[str], audio: AudioConfig, spec: SpectrogramConfig):
+    ``birdnet``: cache BirdNET V2.4 windows (embeddings + logits) instead of log-mels,
+    with ``min_last`` the last-window rule (``encoding.min_last_window``).
+    :meth:`for_preprocessing` picks the front end a :class:`Preprocessing` names.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        audio: AudioConfig,
+        spec: SpectrogramConfig,
+        birdnet: BirdnetConfig | None = None,
+        min_last: float = 0.5,
+    ):
         self.root = Path(root)
         self.audio = audio
         self.spec = spec
-        self.settings = _key_settings(audio, spec)
+        self.birdnet = birdnet
+        self.min_last = float(min_last)
+        self.settings = _key_settings(audio, spec, birdnet, self.min_last)
         self.settings_hash = stable_hash(self.settings)
         self.dir = self.root / self.settings_hash
+
+    @classmethod
+    def for_preprocessing(cls, root: str | os.PathLike[str], pre: Any) -> FeatureCache:
+        """The cache of a :class:`~birdstack.config.Preprocessing`'s front end."""
+        if pre.is_birdnet:
+            return cls(root, pre.audio, pre.spectrogram, pre.birdnet, pre.encoding.min_last_window)
+        return cls(root, pre.audio, pre.spectrogram)
+
+    def _extra(self, threads: int | None) -> tuple[Any, ...]:
+        return (self.birdnet, self.min_last, threads) if self.birdnet is not None else ()
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.dir)!r})"
@@ -379,7 +454,14 @@ class FeatureCache:
         if meta is None or "error" not in meta:
             self._write_settings()
             with _one_torch_thread():
-                meta = _work(str(path), sha, *map(str, self._files(sha)), self.audio, self.spec)
+                meta = _work(
+                    str(path),
+                    sha,
+                    *map(str, self._files(sha)),
+                    self.audio,
+                    self.spec,
+                    *self._extra(None),
+                )
         if "error" in meta:
             raise BadInputError(path, meta["error"])
         db = self._load_npy(sha, meta)
@@ -435,11 +517,20 @@ class FeatureCache:
 
         remove_stale_temp_files(self.dir, recursive=True)  # left by a killed run
         self._write_settings()
+        n_proc = min(workers or default_workers(), len(todo))
+        # BirdNET: one interpreter thread per worker process, all threads in-process
+        threads = 1 if n_proc > 1 else None
         jobs = {
-            sha: (str(paths[idx[0]]), sha, *map(str, self._files(sha)), self.audio, self.spec)
+            sha: (
+                str(paths[idx[0]]),
+                sha,
+                *map(str, self._files(sha)),
+                self.audio,
+                self.spec,
+                *self._extra(threads),
+            )
             for sha, idx in todo.items()
         }
-        n_proc = min(workers or default_workers(), len(jobs))
         out: dict[str, dict[str, Any]] = {}
         bar = tqdm(total=len(jobs), desc="features", unit="file", disable=not progress)
         try:

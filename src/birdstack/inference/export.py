@@ -13,6 +13,13 @@ else needed to use it in ``metadata_props``: ``birdstack.classes`` (JSON list),
 
 ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript) is used, with the
 legacy TorchScript exporter as a fallback; weights are kept inside the one file.
+
+A head on BirdNET V2.4 (``birdnet_*`` models) exports the head only: its inputs are
+BirdNET's features ``[batch, 7546]`` (1024-d embedding, then the 6,522 logits, of
+one 3 s window or pooled over a recording's windows). BirdNET itself still runs in
+LiteRT (``birdstack[birdnet]``) at inference; ``birdstack.backbone`` in the metadata
+names the model file and its sha256, and :class:`~birdstack.inference.predictor.Predictor`
+refuses a different one.
 """
 
 from __future__ import annotations
@@ -126,6 +133,8 @@ def export_onnx(
         "birdstack.model": json.dumps({"name": info.model_name, "args": info.model_args}),
         "birdstack.scientific_names": json.dumps(scientific_names_from_checkpoint(ckpt)),
         "birdstack.source": Path(checkpoint).name,
+        "birdstack.backbone": json.dumps(ckpt["birdstack"].get("backbone") or {}),
+        "birdstack.birdnet_map": json.dumps(ckpt["birdstack"].get("birdnet_map") or {}),
         "birdstack.exporter": exporter,
     }
     del model.metadata_props[:]
@@ -168,4 +177,6 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         "preprocessing": from_dict(Preprocessing, json.loads(props["birdstack.preprocessing"])),
         "model": json.loads(props["birdstack.model"]),
         "scientific_names": json.loads(props.get("birdstack.scientific_names", "{}")),
+        "backbone": json.loads(props.get("birdstack.backbone", "{}")),
+        "birdnet_map": json.loads(props.get("birdstack.birdnet_map", "{}")),
     }

@@ -433,8 +433,11 @@ class Predictor:
             raise BirdstackError("the checkpoint's encoding.target_frames is not resolved")
         self.sample_rate = preprocessing.audio.sample_rate
         self.spec = preprocessing.spectrogram
-        self.seconds_per_frame = self.spec.hop_length / self.sample_rate
+        self.seconds_per_frame = preprocessing.seconds_per_frame()
         self._mel = LogMel(self.spec, self.sample_rate).eval()
+        # per-class factors of the location filter (None: off), see set_location
+        self.location_factors: np.ndarray | None = None
+        self.class_map: list[int] | None = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -462,6 +465,10 @@ class Predictor:
         ckpt = load_checkpoint(path)
         names = scientific_names_from_checkpoint(ckpt)
         net, info = build_model_from_checkpoint(ckpt)
+        if info.preprocessing.is_birdnet:  # refuse a BirdNET model other than the trained one's
+            from birdstack.features.birdnet import check_identity
+
+            check_identity(info.preprocessing.birdnet, f"checkpoint {path}")
         tmp = None
         if runtime == "torch":
             runner: Callable[[np.ndarray], np.ndarray] = TorchRunner(net, device)
@@ -481,6 +488,53 @@ class Predictor:
             threads=threads,
         )
         pred._tmp = tmp
+        bmap = ckpt["birdstack"].get("birdnet_map")
+        if bmap:
+            pred.class_map = [int(i) for i in bmap["indices"]]
+        return pred
+
+    @classmethod
+    def birdnet_reference(
+        cls,
+        classes: list[str],
+        scientific_names: dict[str, str] | None = None,
+        preprocessing: Preprocessing | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> Predictor:
+        """BirdNET V2.4's own scores for ``classes`` (those it knows), with nothing trained.
+
+        The reference row of ``evaluate``: classes BirdNET does not know get a logit of
+        -30 and so are never predicted (their names are logged).
+        """
+        from birdstack.data.prepare import resolve_frontend
+        from birdstack.features import birdnet
+        from birdstack.features.taxonomy import map_classes
+        from birdstack.models import create_model
+
+        pre = resolve_frontend(preprocessing or Preprocessing(frontend="birdnet"))
+        _set_torch_threads(threads)
+        mapping = map_classes(classes, birdnet.labels(pre.birdnet.model_file), scientific_names)
+        if mapping.unmapped:
+            log.warning(mapping.message())
+        net = create_model(
+            "birdnet_scores",
+            num_classes=len(classes),
+            in_chans=birdnet.FEATURE_DIM,
+            class_map=mapping.indices,
+        )
+        pred = cls(
+            TorchRunner(net),
+            list(classes),
+            pre,
+            None,
+            scientific_names,
+            "torch",
+            batch_size,
+            model_name="birdnet_scores",
+            threads=threads,
+        )
+        pred.class_map = list(mapping.indices)
         return pred
 
     @classmethod
@@ -492,7 +546,11 @@ class Predictor:
 
         meta = read_onnx_metadata(path)
         _set_torch_threads(threads)
-        return cls(
+        if meta["preprocessing"].is_birdnet:
+            from birdstack.features.birdnet import check_identity
+
+            check_identity(meta["preprocessing"].birdnet, f"ONNX export {path}")
+        pred = cls(
             OnnxRunner(path, threads),
             meta["classes"],
             meta["preprocessing"],
@@ -503,6 +561,9 @@ class Predictor:
             model_name=str(meta["model"].get("name", "unknown")),
             threads=threads,
         )
+        if meta.get("birdnet_map"):
+            pred.class_map = [int(i) for i in meta["birdnet_map"]["indices"]]
+        return pred
 
     # ---------------------------------------------------------------- features
     def features(self, wave: np.ndarray) -> np.ndarray:
@@ -510,9 +571,16 @@ class Predictor:
 
         Computed exactly as the training features are (the feature cache's
         :class:`~birdstack.features.mel.LogMel` with its default settings), so training
-        and inference cannot drift.
+        and inference cannot drift. With the BirdNET front end: BirdNET's features
+        ``[7546, windows]`` of the 48 kHz waveform.
         """
         import torch
+
+        if self.preprocessing.is_birdnet:
+            from birdstack.features.birdnet import birdnet_features
+
+            pre = self.preprocessing
+            return birdnet_features(wave, pre.birdnet, pre.encoding.min_last_window)
 
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         with torch.no_grad():
@@ -527,6 +595,10 @@ class Predictor:
         """
         pre = self.preprocessing
         top_db = self.spec.top_db
+        if pre.is_birdnet:  # BirdNET windows pooled (one window pools to itself)
+            from birdstack.features.birdnet import pool_windows
+
+            return pool_windows(frames)
         if pre.encoding.kind == "stacked":
             assert pre.encoding.target_frames is not None
             return encode_stacked(frames, pre.encoding.target_frames, pre.encoding.channels, top_db)
@@ -548,7 +620,19 @@ class Predictor:
     def table_rule(
         self, window_s: float | None = None, hop_s: float | None = None
     ) -> tuple[WindowRule, int]:
-        """The per-window table rule: ``window_s`` (model span) every ``hop_s`` (half a window)."""
+        """The per-window table rule: ``window_s`` (model span) every ``hop_s`` (half a window).
+
+        BirdNET models score BirdNET's own 3 s windows every ``birdnet.hop_s`` (or every
+        multiple of it that ``hop_s`` asks for).
+        """
+        if self.preprocessing.is_birdnet:
+            bn = self.preprocessing.birdnet
+            if window_s is not None and abs(window_s - 3.0) > 1e-6:
+                raise BirdstackError(
+                    f"a BirdNET model scores 3 s windows; window_s={window_s:g} is not possible"
+                )
+            step = 1 if hop_s is None else max(1, int(round(hop_s / bn.hop_s)))
+            return SegmentRule(1, step, 1.0), 1
         sr, hop = self.sample_rate, self.spec.hop_length
         length = (
             seconds_to_frames(window_s, sr, hop)
@@ -568,9 +652,64 @@ class Predictor:
     # ---------------------------------------------------------------- scoring
     def recording_probs(self, db: np.ndarray) -> np.ndarray:
         """Recording-level probabilities ``[K]`` of a whole spectrogram (the documented rule)."""
+        if self.preprocessing.is_birdnet:
+            return self._score_birdnet([db]).probs
         scorer = self._scorer({"rec": self.recording_rule()})
         scorer.push(np.asarray(db, dtype=np.float32))
-        return scorer.finish()["rec"][1].mean(axis=0)
+        return self.pool(scorer.finish()["rec"][1])
+
+    def pool(self, window_probs: np.ndarray) -> np.ndarray:
+        """A recording's probabilities from its windows' (``encoding.pool``: mean or max)."""
+        if self.preprocessing.encoding.pool == "max":
+            return window_probs.max(axis=0)
+        return window_probs.mean(axis=0)
+
+    # ---------------------------------------------------------------- location filter
+    def set_location(
+        self,
+        lat: float | None,
+        lon: float | None,
+        week: int = -1,
+        mode: str = "drop",
+        threshold: float = 0.03,
+    ) -> None:
+        """Filter species by BirdNET's location and season model (``mode``: drop or weight).
+
+        Classes BirdNET does not know are never filtered; ``mode="off"`` (or no
+        coordinates) switches the filter off.
+        """
+        if mode == "off" or lat is None or lon is None:
+            self.location_factors = None
+            return
+        from birdstack.features.birdnet import location_factors
+
+        prior = location_factors(
+            self.birdnet_class_map(), lat, lon, week, mode, threshold, self._bn_file()
+        )
+        self.location_factors = prior.factors
+
+    def _bn_file(self) -> str | None:
+        return self.preprocessing.birdnet.model_file
+
+    def birdnet_class_map(self) -> list[int]:
+        """Each class's index among BirdNET's labels (-1: unknown to BirdNET)."""
+        if self.class_map is None:
+            from birdstack.features import birdnet
+            from birdstack.features.taxonomy import map_classes
+
+            mapping = map_classes(
+                self.classes, birdnet.labels(self._bn_file()), self.scientific_names
+            )
+            if mapping.unmapped:
+                log.warning(mapping.message())
+            self.class_map = list(mapping.indices)
+        return self.class_map
+
+    def apply_location(self, probs: np.ndarray) -> np.ndarray:
+        """``probs`` (``[..., K]``) times the location filter's factors (when it is on)."""
+        if self.location_factors is None:
+            return probs
+        return probs * self.location_factors.astype(probs.dtype)
 
     def window_probs(
         self, db: np.ndarray, window_s: float | None = None, hop_s: float | None = None
@@ -597,6 +736,8 @@ class Predictor:
         one-element list that holds it once ``chunks`` is spent.
         """
         _set_torch_threads(self.threads)  # this thread runs the model (decoders use 1 thread)
+        if self.preprocessing.is_birdnet:
+            return self._score_birdnet(chunks, file, n_samples, window_s, hop_s)
         table, length = self.table_rule(window_s, hop_s)
         scorer = self._scorer({"rec": self.recording_rule(), "win": (table, length)})
         for db in chunks:
@@ -616,10 +757,57 @@ class Predictor:
             file=file,
             duration_s=float(duration),
             classes=self.classes,
-            probs=res["rec"][1].mean(axis=0),
+            probs=self.apply_location(self.pool(res["rec"][1])),
             starts_s=np.asarray(b, dtype=np.float64),
             ends_s=np.asarray(e, dtype=np.float64),
-            window_probs=wprobs,
+            window_probs=self.apply_location(wprobs),
+        )
+
+    def _score_birdnet(
+        self,
+        chunks: Iterable[np.ndarray],
+        file: str = "",
+        n_samples: int | list[int] | None = None,
+        window_s: float | None = None,
+        hop_s: float | None = None,
+    ) -> Prediction:
+        """Score BirdNET windows: every window alone, and the recording (pooled or averaged).
+
+        A recording's BirdNET features are small (30 kB per 3 s window, 36 MB an hour),
+        so they are gathered whole before the recording-level score.
+        """
+        parts = [np.asarray(c, dtype=np.float32) for c in chunks if c.shape[1]]
+        if not parts:
+            raise BadInputError(file or "<input>", "no audio samples")
+        feats = np.concatenate(parts, axis=1)
+        rule, _ = self.table_rule(window_s, hop_s)
+        starts = rule.starts(feats.shape[1])
+        logits = np.concatenate(
+            [
+                self.runner(np.ascontiguousarray(feats[:, starts[i : i + self.batch_size]].T))
+                for i in range(0, len(starts), self.batch_size)
+            ]
+        )
+        wprobs = softmax(logits)
+        if self.preprocessing.encoding.kind == "pooled":
+            rec = softmax(self.runner(self.encode(feats, feats.shape[1])[None]))[0]
+        else:  # the windows' probabilities, pooled as validation pools them
+            every = wprobs if rule.hop == 1 else softmax(self.runner(np.ascontiguousarray(feats.T)))
+            rec = self.pool(every)
+        ns = n_samples[0] if isinstance(n_samples, list) else n_samples
+        spf = self.seconds_per_frame
+        duration = ns / self.sample_rate if ns else (feats.shape[1] - 1) * spf + 3.0
+        b, e = window_times(
+            starts, 1, feats.shape[1], spf, duration, self.preprocessing.input_seconds()
+        )
+        return Prediction(
+            file=file,
+            duration_s=float(duration),
+            classes=self.classes,
+            probs=self.apply_location(rec),
+            starts_s=np.asarray(b, dtype=np.float64),
+            ends_s=np.asarray(e, dtype=np.float64),
+            window_probs=self.apply_location(wprobs),
         )
 
     # ---------------------------------------------------------------- audio in
@@ -635,6 +823,12 @@ class Predictor:
         :attr:`feature_workers`), in order. ``counter`` (a one-element list), when given,
         receives the number of samples seen.
         """
+        if self.preprocessing.is_birdnet:
+            from birdstack.features.birdnet import stream_features
+
+            pre = self.preprocessing
+            yield from stream_features(blocks, pre.birdnet, pre.encoding.min_last_window, counter)
+            return
         min_frames = max(1, self.preprocessing.input_frames())
         st = FrameStitcher(self.features, self.spec.n_fft, self.spec.hop_length, min_frames)
 

@@ -132,16 +132,27 @@ def window_times(
     n_frames: int,
     seconds_per_frame: float,
     duration_s: float | None = None,
+    span_s: float | None = None,
 ) -> tuple[list[float], list[float]]:
     """Start and end seconds of windows; ends are clipped to the spectrogram / audio end.
 
+    ``span_s``: each window's length in seconds when it is not ``window`` frames
+    (BirdNET windows: 3 s, one "frame" per hop), clipped to ``duration_s`` only.
+
     >>> window_times([0, 50], 100, 120, 0.01, duration_s=1.19)
     ([0.0, 0.5], [1.0, 1.19])
+    >>> window_times([0, 1, 2], 1, 3, 1.5, duration_s=5.0, span_s=3.0)
+    ([0.0, 1.5, 3.0], [3.0, 4.5, 5.0])
     """
     end_limit = n_frames * seconds_per_frame
+    if span_s is not None:
+        end_limit = float("inf")
     if duration_s is not None:
         end_limit = min(end_limit, duration_s)
     begins = [round(s * seconds_per_frame, 6) for s in starts]
+    if span_s is not None:
+        ends = [round(min(b + span_s, end_limit), 6) for b in begins]
+        return begins, ends
     ends = [round(min((s + window) * seconds_per_frame, end_limit), 6) for s in starts]
     return begins, ends
 

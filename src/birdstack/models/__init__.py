@@ -13,7 +13,12 @@ Every model is a :class:`BirdstackNet`: ``forward(x[B, C, H, W]) -> logits[B, K]
 rebuilds the architecture).
 """
 
-from birdstack.models import efficientnet_lite, mobilenet_compact, torchvision_models  # noqa: F401
+from birdstack.models import (  # noqa: F401
+    birdnet_heads,
+    efficientnet_lite,
+    mobilenet_compact,
+    torchvision_models,
+)
 from birdstack.models.adapt import adapt_first_conv, first_conv_name, fresh_first_conv
 from birdstack.models.registry import (
     ADAPT_MODES,
@@ -24,6 +29,7 @@ from birdstack.models.registry import (
     create_model_from_config,
     is_model,
     list_models,
+    model_entry,
     register_model,
 )
 
@@ -39,5 +45,6 @@ __all__ = [
     "fresh_first_conv",
     "is_model",
     "list_models",
+    "model_entry",
     "register_model",
 ]

@@ -14,7 +14,7 @@ and records the arguments on the model so that a checkpoint can rebuild it::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
@@ -46,10 +46,16 @@ class ModelArgs:
     weights: str | None = None
     adapt: str = "mean"
     dropout: float = 0.0
+    class_map: tuple[int, ...] | None = None
 
     def rebuild_args(self) -> dict[str, Any]:
         """Arguments that rebuild the architecture (not pretrained: a checkpoint has weights)."""
-        return dataclasses.asdict(dataclasses.replace(self, pretrained=False, weights=None))
+        d = dataclasses.asdict(dataclasses.replace(self, pretrained=False, weights=None))
+        if d["class_map"] is None:
+            d.pop("class_map")
+        else:
+            d["class_map"] = list(d["class_map"])
+        return d
 
 
 class BirdstackNet(nn.Module):
@@ -139,13 +145,22 @@ def wrap_backbone(
     return model
 
 
+FRONTENDS = ("logmel", "birdnet")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder and whether pretrained weights exist for it."""
+    """A registered model: its builder, whether pretrained weights exist for it, which
+    feature front end it reads (``logmel`` spectrograms or ``birdnet`` windows), whether
+    it needs each class's BirdNET label index (``class_map``) and whether it has
+    anything to train."""
 
     name: str
     builder: Builder
     pretrained: bool
+    frontend: str = "logmel"
+    needs_class_map: bool = False
+    trainable: bool = True
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -155,35 +170,65 @@ _REGISTRY: dict[str, ModelEntry] = {}
 def register_model(fn: Builder, /) -> Builder: ...
 @overload
 def register_model(
-    fn: None = None, /, *, name: str | None = None, pretrained: bool = False
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    pretrained: bool = False,
+    frontend: str = "logmel",
+    needs_class_map: bool = False,
+    trainable: bool = True,
 ) -> Callable[[Builder], Builder]: ...
 def register_model(
-    fn: Builder | None = None, /, *, name: str | None = None, pretrained: bool = False
+    fn: Builder | None = None,
+    /,
+    *,
+    name: str | None = None,
+    pretrained: bool = False,
+    frontend: str = "logmel",
+    needs_class_map: bool = False,
+    trainable: bool = True,
 ) -> Builder | Callable[[Builder], Builder]:
     """Register a builder under its function name (or ``name``).
 
     Use bare (``@register_model``) or with options (``@register_model(pretrained=True)``).
-    ``pretrained`` says whether the builder can load pretrained weights.
+    ``pretrained`` says whether the builder can load pretrained weights; ``frontend``
+    which features it reads; ``needs_class_map`` whether it needs the classes' BirdNET
+    label indices; ``trainable`` whether it has parameters to train.
     """
+    if frontend not in FRONTENDS:
+        raise ValueError(f"frontend={frontend!r} is not one of {FRONTENDS}")
 
     def deco(f: Builder) -> Builder:
         key = name or f.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = ModelEntry(key, f, pretrained)
+        _REGISTRY[key] = ModelEntry(key, f, pretrained, frontend, needs_class_map, trainable)
         return f
 
     return deco(fn) if fn is not None else deco
 
 
-def list_models(pretrained: bool = False) -> list[str]:
-    """Sorted names of the registered models (``pretrained=True``: only those with weights)."""
-    return sorted(n for n, e in _REGISTRY.items() if e.pretrained or not pretrained)
+def list_models(pretrained: bool = False, frontend: str | None = None) -> list[str]:
+    """Sorted names of the registered models (``pretrained=True``: only those with weights;
+    ``frontend``: only those reading ``logmel`` spectrograms or ``birdnet`` windows)."""
+    return sorted(
+        n
+        for n, e in _REGISTRY.items()
+        if (e.pretrained or not pretrained) and (frontend is None or e.frontend == frontend)
+    )
 
 
 def is_model(name: str) -> bool:
     """Whether ``name`` is a registered model."""
     return name in _REGISTRY
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name`` (:class:`ModelConfigError` when unknown)."""
+    if name not in _REGISTRY:
+        raise ModelConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _REGISTRY[name]
 
 
 def create_model(
@@ -194,6 +239,7 @@ def create_model(
     weights: str | None = None,
     adapt: str = "mean",
     dropout: float = 0.0,
+    class_map: Sequence[int] | None = None,
 ) -> BirdstackNet:
     """Build a registered model.
 
@@ -203,11 +249,11 @@ def create_model(
     ``adapt`` (see :func:`birdstack.models.adapt.adapt_first_conv`); the ImageNet head is
     kept when ``num_classes`` equals its size, otherwise a new head is made. Without
     pretrained weights the network is initialised from scratch for ``in_chans``.
-    ``dropout`` is applied to the pooled embedding before the head.
+    ``dropout`` is applied to the pooled embedding before the head. ``class_map``
+    (models that read BirdNET's own scores): each class's index among BirdNET's
+    labels, ``-1`` for a class BirdNET does not know.
     """
-    if name not in _REGISTRY:
-        raise ModelConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    entry = _REGISTRY[name]
+    entry = model_entry(name)
     for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ModelConfigError(f"{key}={value!r} must be an integer >= 1")
@@ -221,6 +267,12 @@ def create_model(
             f"model {name!r} has no pretrained weights; set pretrained=false (and no weights) or "
             f"use one of: {', '.join(list_models(pretrained=True))}"
         )
+    if entry.needs_class_map and (class_map is None or len(class_map) != num_classes):
+        raise ModelConfigError(
+            f"model {name!r} needs class_map: one BirdNET label index (or -1) per class"
+        )
+    if class_map is not None:
+        class_map = tuple(int(i) for i in class_map)
     args = ModelArgs(
         name=name,
         num_classes=num_classes,
@@ -229,13 +281,16 @@ def create_model(
         weights=str(weights) if weights is not None else None,
         adapt=adapt,
         dropout=float(dropout),
+        class_map=class_map,
     )
     model = entry.builder(args)
     model.model_args = {**args.rebuild_args(), "num_classes": model.num_classes}
     return model
 
 
-def create_model_from_config(cfg: ModelConfig, num_classes: int, in_chans: int) -> BirdstackNet:
+def create_model_from_config(
+    cfg: ModelConfig, num_classes: int, in_chans: int, class_map: Sequence[int] | None = None
+) -> BirdstackNet:
     """:func:`create_model` from a :class:`~birdstack.config.ModelConfig`."""
     return create_model(
         cfg.name,
@@ -245,6 +300,7 @@ def create_model_from_config(cfg: ModelConfig, num_classes: int, in_chans: int) 
         weights=cfg.weights,
         adapt=cfg.adapt,
         dropout=cfg.dropout,
+        class_map=class_map,
     )
 
 

@@ -106,10 +106,24 @@ SEGMENT_METRICS = MetricChoice(
 )
 
 
+POOLED_METRICS = MetricChoice(
+    "val/rec_acc",
+    "val/rec_f1_macro",
+    "val/loss",
+    "per recording (BirdNET windows pooled; location filter applied when on); loss unfiltered",
+)
+
+
 def choose_metrics(encodings: Sequence[str], epoch: str = "best") -> MetricChoice:
     """Recording-level figures as soon as one variant uses ``segments`` inputs, read at
     each run's ``best`` (lowest ``val/loss``) or ``last`` epoch."""
-    base = SEGMENT_METRICS if "segments" in set(encodings) else STACKED_METRICS
+    kinds = set(encodings)
+    if "segments" in kinds:
+        base = SEGMENT_METRICS
+    elif "pooled" in kinds:  # per recording; the location filter shows in val/rec_* only
+        base = POOLED_METRICS
+    else:
+        base = STACKED_METRICS
     return base if epoch == base.epoch else replace(base, epoch=epoch)
 
 

@@ -62,9 +62,13 @@ class BirdClassifier(L.LightningModule):
         class_names: list[str],
         meta: dict[str, Any] | None = None,
         seed: int = 0,
+        pool: str = "mean",
     ) -> None:
         super().__init__()
         self.net = net
+        self.pool = pool
+        # per validation recording and class: the location filter's factors (None: off)
+        self.val_factors: torch.Tensor | None = None
         self.optim_cfg = optim
         self.class_names = list(class_names)
         self.meta = dict(meta or {})
@@ -135,7 +139,10 @@ class BirdClassifier(L.LightningModule):
             probs = torch.cat(self._val_probs)
             recs = torch.cat(self._val_recs)
             labels = torch.cat(self._val_labels)
-            pooled, pooled_labels = pool_by_recording(probs, recs, labels)
+            pooled, pooled_labels = pool_by_recording(probs, recs, labels, self.pool)
+            if self.val_factors is not None:
+                ids = torch.unique(recs).to(self.val_factors.device)
+                pooled = pooled * self.val_factors[ids].to(pooled)
             self.val_rec_metrics.update(pooled, pooled_labels)
             self.log_dict(self.val_rec_metrics.compute(), sync_dist=True)
             self.val_rec_metrics.reset()
@@ -145,7 +152,7 @@ class BirdClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:
-        opt = build_optimizer(self.parameters(), self.optim_cfg)
+        opt = build_optimizer([p for p in self.parameters() if p.requires_grad], self.optim_cfg)
         if self.optim_cfg.scheduler == "cosine":
             epochs = self.trainer.max_epochs if self.trainer is not None else 1
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
@@ -175,19 +182,30 @@ CHECKPOINT_FORMAT = "birdstack-checkpoint/1"
 
 
 def pool_by_recording(
-    probs: torch.Tensor, recs: torch.Tensor, labels: torch.Tensor
+    probs: torch.Tensor, recs: torch.Tensor, labels: torch.Tensor, mode: str = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of window probabilities per recording id (ordered by id) and each recording's label.
+    """Window probabilities pooled per recording id (ordered by id), and each one's label.
+
+    ``mode``: ``mean`` of the windows, or ``max`` per class (``encoding.pool``).
 
     >>> p = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
     >>> pool_by_recording(p, torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1]))[0]
     tensor([[0.7000, 0.3000],
             [0.2000, 0.8000]])
+    >>> pool_by_recording(p, torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1]), "max")[0]
+    tensor([[0.9000, 0.5000],
+            [0.2000, 0.8000]])
     """
     uniq, inv = torch.unique(recs, return_inverse=True)
+    rec_labels = torch.zeros(len(uniq), dtype=labels.dtype, device=labels.device)
+    rec_labels[inv] = labels
+    if mode == "max":
+        out = torch.full((len(uniq), probs.shape[1]), -torch.inf, dtype=probs.dtype)
+        out = out.to(probs.device).scatter_reduce(
+            0, inv.unsqueeze(1).expand_as(probs), probs, reduce="amax"
+        )
+        return out, rec_labels
     sums = torch.zeros(len(uniq), probs.shape[1], dtype=probs.dtype, device=probs.device)
     sums.index_add_(0, inv, probs)
     counts = torch.bincount(inv, minlength=len(uniq)).to(probs.dtype).unsqueeze(1)
-    rec_labels = torch.zeros(len(uniq), dtype=labels.dtype, device=labels.device)
-    rec_labels[inv] = labels
     return sums / counts, rec_labels

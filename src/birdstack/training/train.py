@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -35,6 +36,7 @@ from lightning.pytorch.loggers import CSVLogger
 from birdstack.config import Config, ConfigError, to_dict
 from birdstack.data.datamodule import BirdDataModule
 from birdstack.data.prepare import PreparedData, prepare
+from birdstack.features.taxonomy import ClassMapping
 from birdstack.models import create_model_from_config
 from birdstack.training.callbacks import PreciseBatchNorm
 from birdstack.training.checkpoint import AtomicCheckpointIO, load_checkpoint
@@ -66,20 +68,44 @@ class TrainResult:
     )  # the trained network (last epoch)
 
 
-def validate_config(cfg: Config) -> None:
-    """Fail before any work starts on options that cannot work together."""
-    from birdstack.models import is_model, list_models
+def resolve_config(cfg: Config) -> Config:
+    """The config with the feature front end its model reads.
+
+    A head on BirdNET windows (``birdnet_*``) switches ``preprocessing.frontend`` to
+    ``birdnet``, so ``--model birdnet_mlp`` is all a user has to say; a spectrogram
+    model with ``frontend=birdnet`` is an error.
+    """
+    from birdstack.models import is_model, list_models, model_entry
 
     if not is_model(cfg.model.name):
         raise ConfigError(
             f"unknown model {cfg.model.name!r}; choose one of {', '.join(list_models())}"
         )
+    wanted = model_entry(cfg.model.name).frontend
+    if wanted == cfg.preprocessing.frontend:
+        return cfg
+    if wanted == "birdnet":
+        return cfg.override({"preprocessing.frontend": "birdnet"})
+    raise ConfigError(
+        f"model {cfg.model.name!r} reads log-mel spectrograms, but preprocessing.frontend="
+        f"{cfg.preprocessing.frontend!r}; use a birdnet_* model (birdstack models) or "
+        "frontend=logmel"
+    )
+
+
+def validate_config(cfg: Config) -> None:
+    """Fail before any work starts on options that cannot work together."""
+    resolve_config(cfg)
     if cfg.optim.name.lower() not in OPTIMIZERS:
         raise ConfigError(
             f"unknown optimizer {cfg.optim.name!r}; choose one of {', '.join(OPTIMIZERS)}"
         )
     enc = cfg.preprocessing.encoding
-    if enc.kind == "segments" and cfg.preprocessing.window_frames() < 8:
+    if (
+        enc.kind == "segments"
+        and not cfg.preprocessing.is_birdnet
+        and cfg.preprocessing.window_frames() < 8
+    ):
         raise ConfigError("encoding.window_s is too short for a spectrogram input (< 8 frames)")
     _check_trainer_settings(cfg)
 
@@ -151,21 +177,118 @@ def _trainer_kwargs(cfg: Config) -> dict[str, Any]:
     }
 
 
+def scientific_names(prepared: PreparedData) -> dict[str, str]:
+    """Class -> scientific name, from the metadata's ``scientific_name`` column when present."""
+    m = prepared.manifest
+    if "scientific_name" not in m:
+        return {}
+    names = {}
+    for c in prepared.classes:
+        vals = m.loc[(m["primary_label"] == c) & m["scientific_name"].notna(), "scientific_name"]
+        if len(vals):
+            names[c] = str(vals.iloc[0])
+    return names
+
+
+def birdnet_class_map(cfg: Config, prepared: PreparedData) -> ClassMapping | None:
+    """The classes' BirdNET label indices, when the model or the location filter needs them.
+
+    Unmapped classes are named in a warning, never mapped silently.
+    """
+    from birdstack.models import model_entry
+
+    needs = model_entry(cfg.model.name).needs_class_map or cfg.location.filter != "off"
+    if not needs:
+        return None
+    from birdstack.features import birdnet
+    from birdstack.features.taxonomy import map_classes
+
+    mapping = map_classes(
+        prepared.classes,
+        birdnet.labels(prepared.preprocessing.birdnet.model_file),
+        scientific_names(prepared),
+    )
+    if mapping.unmapped:
+        log.warning(mapping.message())
+    return mapping
+
+
 def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
     """Network + LightningModule for a config and its prepared data."""
+    from birdstack.models import model_entry
+
     in_chans = prepared.preprocessing.input_shape()[0]
-    net = create_model_from_config(cfg.model, num_classes=len(prepared.classes), in_chans=in_chans)
-    meta = {
+    mapping = birdnet_class_map(cfg, prepared)
+    needs_map = model_entry(cfg.model.name).needs_class_map
+    net = create_model_from_config(
+        cfg.model,
+        num_classes=len(prepared.classes),
+        in_chans=in_chans,
+        class_map=mapping.indices if mapping is not None and needs_map else None,
+    )
+    meta: dict[str, Any] = {
         "model": {"name": cfg.model.name, "args": dict(net.model_args)},
         "preprocessing": to_dict(prepared.preprocessing),
         "config": cfg.to_dict(),
+        "scientific_names": scientific_names(prepared),
     }
-    return BirdClassifier(net, cfg.optim, prepared.classes, meta=meta, seed=cfg.trainer.seed)
+    if mapping is not None:
+        meta["birdnet_map"] = {
+            "indices": list(mapping.indices),
+            "unmapped": list(mapping.unmapped),
+            "notes": dict(mapping.notes),
+        }
+    if prepared.preprocessing.is_birdnet:
+        from birdstack.features.birdnet import ATTRIBUTION, identity
+
+        meta["backbone"] = {**identity(prepared.preprocessing.birdnet), "credit": ATTRIBUTION}
+    return BirdClassifier(
+        net,
+        cfg.optim,
+        prepared.classes,
+        meta=meta,
+        seed=cfg.trainer.seed,
+        pool=prepared.preprocessing.encoding.pool,
+    )
+
+
+def location_factors_for(
+    records: pd.DataFrame, class_map: Any, cfg: Config, model_file: str | None = None
+) -> torch.Tensor | None:
+    """``[n_records, K]`` location-filter factors from each recording's place and date."""
+    if cfg.location.filter == "off" or class_map is None:
+        return None
+    from birdstack.features.birdnet import location_factors, week_48
+
+    rows = []
+    for _, r in records.iterrows():
+        lat, lon = _float_or_none(r.get("latitude")), _float_or_none(r.get("longitude"))
+        date = r.get("date")
+        prior = location_factors(
+            class_map,
+            lat,
+            lon,
+            week_48(date if isinstance(date, str) else None),
+            cfg.location.filter,
+            cfg.location.threshold,
+            model_file,
+        )
+        rows.append(prior.factors)
+    return torch.from_numpy(np.stack(rows)) if rows else None
+
+
+def _float_or_none(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else f
 
 
 def train(cfg: Config, resume: bool = False) -> TrainResult:
     """Prepare the data (cached), train, checkpoint, and write the run's metrics and curves."""
     validate_config(cfg)
+    cfg = resolve_config(cfg)
     run_dir = Path(cfg.out_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     if run_dir.joinpath("result.json").exists() and not resume:
@@ -198,6 +321,14 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             f"{len(dm.val_set)} validation samples; use more data or fewer folds"
         )
     module = build_module(cfg, prepared)
+    bmap = module.meta.get("birdnet_map")
+    module.val_factors = location_factors_for(
+        dm.val_records,
+        bmap["indices"] if bmap else None,
+        cfg,
+        prepared.preprocessing.birdnet.model_file,
+    )
+    trainable = any(p.requires_grad for p in module.net.parameters())
 
     ckpt_cb = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -243,7 +374,21 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         if (log_dir / "metrics.csv").is_file():  # keep the epochs logged before the interruption
             n = len(list(log_dir.glob("metrics.part*.csv")))
             (log_dir / "metrics.csv").rename(log_dir / f"metrics.part{n}.csv")
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    if trainable:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    else:  # nothing to train (BirdNET's own scores): score the validation fold once
+        trainer.validate(module, datamodule=dm, verbose=False)
+        module.history = [
+            {
+                "epoch": 0,
+                **{
+                    k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+                },
+            }
+        ]
+        for name in ("best", "last"):
+            trainer.save_checkpoint(run_dir / "checkpoints" / f"{name}.ckpt", weights_only=True)
+        ckpt_cb.best_model_path = str(run_dir / "checkpoints" / "best.ckpt")
 
     wall = time.perf_counter() - start
     # the module's history comes from the checkpoints (whole even after a kill); the CSV

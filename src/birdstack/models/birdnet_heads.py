@@ -1,0 +1,148 @@
+"""Heads on BirdNET V2.4 windows (``preprocessing.frontend="birdnet"``).
+
+Each model input is one 3 s window's BirdNET output, ``[embedding 1024 | logits
+6522]`` (:mod:`birdstack.features.birdnet`), so these are ordinary
+:class:`~birdstack.models.registry.BirdstackNet` s on ``[B, 7546]`` inputs:
+
+* ``birdnet_linear``: standardised embedding -> ``Linear`` (a logistic regression);
+* ``birdnet_mlp``: standardised embedding -> ``Linear(1024, 512)`` -> GELU -> dropout
+  -> ``Linear`` (dropout at least 0.2);
+* ``birdnet_fused``: ``birdnet_linear`` plus, for each class BirdNET knows, BirdNET's
+  own logit for it times a learned per-class weight (initialised to 1). Mapped
+  classes start from BirdNET's training; unmapped ones are learned from the
+  embedding alone;
+* ``birdnet_scores``: BirdNET's own logits for the mapped classes and nothing to
+  train (unmapped classes get a logit of -30). It is the no-training reference row.
+
+The standardisation is a ``BatchNorm1d`` without affine parameters: its running
+mean and variance are the training windows' (use ``--precise-bn`` to compute them
+exactly).
+
+    >>> net = create_model("birdnet_fused", num_classes=3, in_chans=FEATURE_DIM,
+    ...                    class_map=[5, -1, 7])
+    >>> net(torch.zeros(2, FEATURE_DIM)).shape
+    torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from birdstack.features.birdnet import EMBED_DIM, FEATURE_DIM
+from birdstack.models.registry import (
+    BirdstackNet,
+    ModelArgs,
+    ModelConfigError,
+    create_model,
+    register_model,
+)
+
+UNMAPPED_LOGIT = -30.0
+MLP_HIDDEN = 512
+
+__all__ = ["MappedScores", "create_model"]
+
+
+class Embedding(nn.Module):
+    """``[B, 7546]`` BirdNET window -> its standardised 1024-d embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(EMBED_DIM, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x[:, :EMBED_DIM])
+
+
+class MappedScores(nn.Module):
+    """BirdNET's logits for each class (``class_map[k]``; 0 where unmapped) and the mask."""
+
+    def __init__(self, class_map: tuple[int, ...]) -> None:
+        super().__init__()
+        idx = torch.tensor([max(0, i) for i in class_map], dtype=torch.long) + EMBED_DIM
+        self.register_buffer("index", idx, persistent=False)
+        mask = torch.tensor([float(i >= 0) for i in class_map])
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index) * self.mask
+
+
+def _check_input(args: ModelArgs) -> None:
+    if args.in_chans != FEATURE_DIM:
+        raise ModelConfigError(
+            f"model {args.name!r} reads BirdNET windows ({FEATURE_DIM} values each), not "
+            f"in_chans={args.in_chans}; use preprocessing.frontend=birdnet"
+        )
+
+
+def _embedding_net(args: ModelArgs, hidden: int | None) -> BirdstackNet:
+    _check_input(args)
+    if hidden is None:
+        backbone: nn.Module = Embedding()
+        width = EMBED_DIM
+    else:
+        backbone = nn.Sequential(
+            Embedding(),
+            nn.Linear(EMBED_DIM, hidden),
+            nn.GELU(),
+            nn.Dropout(max(0.2, args.dropout)),
+        )
+        width = hidden
+    return BirdstackNet(backbone, width, args.num_classes, args.in_chans, args.dropout)
+
+
+@register_model(frontend="birdnet")
+def birdnet_linear(args: ModelArgs) -> BirdstackNet:
+    """Logistic regression on BirdNET's standardised 1024-d embedding."""
+    return _embedding_net(args, None)
+
+
+@register_model(frontend="birdnet")
+def birdnet_mlp(args: ModelArgs) -> BirdstackNet:
+    """One hidden layer (512, GELU, dropout) on BirdNET's standardised embedding."""
+    return _embedding_net(args, MLP_HIDDEN)
+
+
+class FusedNet(BirdstackNet):
+    """A head on the embedding plus BirdNET's own logits for the classes it knows."""
+
+    def __init__(self, base: BirdstackNet, class_map: tuple[int, ...]) -> None:
+        super().__init__(
+            base.backbone, base.num_features, base.num_classes, base.in_chans, base.dropout.p
+        )
+        self.scores = MappedScores(class_map)
+        self.birdnet_weight = nn.Parameter(torch.ones(len(class_map)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        own = self.forward_head(self.forward_features(x))
+        return own + self.birdnet_weight * self.scores(x)
+
+
+@register_model(frontend="birdnet", needs_class_map=True)
+def birdnet_fused(args: ModelArgs) -> BirdstackNet:
+    """``birdnet_linear`` + learned weight x BirdNET's logit, for each mapped class."""
+    assert args.class_map is not None
+    return FusedNet(_embedding_net(args, None), args.class_map)
+
+
+class ScoresNet(BirdstackNet):
+    """BirdNET's own logits for the mapped classes; nothing to train."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        assert args.class_map is not None
+        k = args.num_classes
+        super().__init__(MappedScores(args.class_map), k, k, args.in_chans)
+        with torch.no_grad():
+            self.classifier.weight.copy_(torch.eye(k))
+            bias = [0.0 if i >= 0 else UNMAPPED_LOGIT for i in args.class_map]
+            self.classifier.bias.copy_(torch.tensor(bias))
+        self.requires_grad_(False)
+
+
+@register_model(frontend="birdnet", needs_class_map=True, trainable=False)
+def birdnet_scores(args: ModelArgs) -> BirdstackNet:
+    """BirdNET V2.4's own scores for the classes it knows (the no-training reference)."""
+    _check_input(args)
+    return ScoresNet(args)
