@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, hashing, errors, logging.
+"""Small shared helpers: atomic writes, hashing, errors, logging, progress.
 
 Everything birdstack writes that a later run reads (feature cache, manifests,
 checkpoints, results, prediction files) goes through :func:`atomic_path`, so a
@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -175,3 +176,195 @@ def stable_hash(obj: Any) -> str:
     """Short SHA-1 of the canonical JSON of ``obj`` (for cache keys of settings)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha1(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def is_interactive(stream: Any = None) -> bool:
+    """Whether ``stream`` (default ``sys.stderr``) is a terminal or a Jupyter kernel's output.
+
+    Progress bars redraw themselves with carriage returns; anywhere else (a log file,
+    a SLURM job, CI, ``nohup``, ``make demo > log``) that leaves a line of fragments.
+    """
+    stream = sys.stderr if stream is None else stream
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+    ipython = sys.modules.get("IPython")  # tqdm.auto draws a widget in a notebook
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:  # noqa: BLE001 - any failure means: not a notebook
+        return False
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class LineProgress:
+    """A progress report for logs: one plain line per interval, no carriage returns.
+
+    The part of tqdm's interface birdstack uses (iterate, :meth:`update`, :meth:`close`,
+    a context manager). A line is written when ``interval_s`` seconds passed since the
+    last one or, with a known ``total``, each time another ``percent_step`` percent is
+    done; :meth:`close` writes the closing line::
+
+        >>> import io
+        >>> buf = io.StringIO()
+        >>> for _ in LineProgress(range(4), desc="files", unit="file", stream=buf,
+        ...                       percent_step=50, clock=lambda: 0.0):
+        ...     pass
+        >>> print(buf.getvalue(), end="")
+        files: 2/4 files (50%), 0 s elapsed, about 0 s left
+        files: 4/4 files (100%), 0 s elapsed, about 0 s left
+        files: done, 4 files in 0 s
+    """
+
+    def __init__(
+        self,
+        iterable: Any = None,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        disable: bool = False,
+        stream: Any = None,
+        interval_s: float = 30.0,
+        percent_step: float = 10.0,
+        clock: Any = None,
+    ) -> None:
+        import time
+
+        if total is None and iterable is not None:
+            try:
+                total = len(iterable)
+            except TypeError:
+                total = None
+        self.iterable = iterable
+        self.total = total
+        self.desc = desc
+        self.unit = unit
+        self.disable = disable
+        self.stream = stream
+        self.interval_s = interval_s
+        self.percent_step = percent_step
+        self.clock = clock or time.monotonic
+        self.n = 0
+        self.start = self.last = self.clock()
+        self.last_step = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:
+            self.close()
+
+    def __len__(self) -> int:
+        return int(self.total or 0)
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _write(self, line: str) -> None:
+        stream = sys.stderr if self.stream is None else self.stream
+        if stream is None:  # pythonw: no stderr at all
+            return
+        stream.write(line + "\n")
+        stream.flush()
+
+    def _count(self, n: int) -> str:
+        plural = n != 1 and self.unit != "it" and not self.unit.endswith("s")
+        return f"{n} {self.unit}{'s' if plural else ''}"
+
+    def _line(self, now: float) -> str:
+        elapsed = now - self.start
+        head = f"{self.desc}: " if self.desc else ""
+        if not self.total:
+            return f"{head}{self._count(self.n)}, {format_duration(elapsed)} elapsed"
+        pct = 100.0 * self.n / self.total
+        left = elapsed / self.n * (self.total - self.n) if self.n else float("nan")
+        eta = f", about {format_duration(left)} left" if self.n else ""
+        return (
+            f"{head}{self.n}/{self._count(self.total)} ({pct:.0f}%), "
+            f"{format_duration(elapsed)} elapsed{eta}"
+        )
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more items done; writes a line when an interval or a step is passed."""
+        self.n += n
+        if self.disable or self.closed:
+            return
+        now = self.clock()
+        step = (
+            int(100.0 * self.n / self.total // self.percent_step)
+            if self.total and self.percent_step > 0
+            else 0
+        )
+        if step > self.last_step or now - self.last >= self.interval_s:
+            self._write(self._line(now))
+            self.last, self.last_step = now, step
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        """Accepted for tqdm compatibility (not shown)."""
+
+    def close(self) -> None:
+        """Write the closing line (once); nothing when nothing was to be done."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.disable or (self.n == 0 and not self.total):
+            return
+        elapsed = format_duration(self.clock() - self.start)
+        head = f"{self.desc}: " if self.desc else ""
+        if self.total and self.n < self.total:
+            self._write(f"{head}stopped at {self.n}/{self._count(self.total)} after {elapsed}")
+        else:
+            self._write(f"{head}done, {self._count(self.n)} in {elapsed}")
+
+
+def progress_bar(
+    iterable: Any = None,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    disable: bool = False,
+    stream: Any = None,
+    interval_s: float = 30.0,
+    percent_step: float = 10.0,
+) -> Any:
+    """A tqdm bar on a terminal (or in a notebook), else a :class:`LineProgress`.
+
+    Both take ``iterable``/``total``/``desc``/``unit``/``disable`` and offer iteration,
+    ``update(n)`` and ``close()``. ``stream``: where the progress goes (``sys.stderr``).
+    Off a terminal (job logs, CI, redirected output) a plain line is written every
+    ``interval_s`` seconds or ``percent_step`` percent instead of redrawing a bar.
+    """
+    if not disable and is_interactive(stream):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream)
+    return LineProgress(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=disable,
+        stream=stream,
+        interval_s=interval_s,
+        percent_step=percent_step,
+    )

@@ -3,7 +3,8 @@
     birdstack prepare  --data DIR --top-k 6 --out OUT      ingest, select, cache features, split
     birdstack train    --data DIR --model mobilenet_compact --out RUN [--config X.yaml] [--set k=v]
     birdstack evaluate CKPT --data DIR [--out DIR]
-    birdstack predict  CKPT PATH... --out DIR [--format csv raven json]
+    birdstack predict  CKPT PATH... --out DIR [--format csv raven json] [--shard K/N]
+    birdstack merge    DIR                                  join the shards of predict --shard
     birdstack export   CKPT --onnx OUT.onnx
     birdstack sweep    EXPERIMENT.yaml [--out DIR]
     birdstack models                                        list registered models
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, helptext in (
         ("evaluate", "birdstack.cli.evaluate", "evaluate a checkpoint on labelled data"),
         ("predict", "birdstack.cli.predict", "predict species in recordings / soundscapes"),
+        ("merge", "birdstack.cli.predict", "join the outputs of predict --shard K/N runs"),
         ("export", "birdstack.cli.predict", "export a checkpoint to ONNX"),
         ("sweep", "birdstack.cli.sweep", "run an experiment grid (resumable)"),
         ("demo", "birdstack.cli.demo", "the whole pipeline on the embedded demo data"),

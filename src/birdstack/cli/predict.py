@@ -1,7 +1,9 @@
-"""``birdstack predict`` and ``birdstack export`` (wired in by :mod:`birdstack.cli.main`).
+"""``birdstack predict``, ``merge`` and ``export`` (wired in by :mod:`birdstack.cli.main`).
 
     birdstack predict runs/demo/checkpoints/best.ckpt recordings/ --out preds \\
         --format csv raven json --window-s 5 --hop-s 2.5 --min-confidence 0.3 --merge
+    birdstack predict best.ckpt archive/ --out preds --shard 0/8     # ... up to 7/8
+    birdstack merge preds                                            # all 8 shards joined
     birdstack export runs/demo/checkpoints/best.ckpt --onnx model.onnx
 
 Folders are searched recursively for audio files by extension (files named
@@ -10,6 +12,9 @@ Decoding runs in background threads ahead of the model. A file that cannot be us
 is reported in one log line naming it and the reason, and the rest is processed.
 Reruns resume: recordings whose results are complete (same settings, same input
 file) are not predicted again; the combined files are rebuilt every time.
+``--shard K/N`` predicts only the recordings of shard K (by a hash of each file's
+relative path) and ``birdstack merge`` joins N finished shards into the files one
+run would write (layout: :mod:`birdstack.inference.shards`).
 
 Heavy imports (torch, onnxruntime) happen inside the ``cmd_*`` functions only.
 """
@@ -67,6 +72,12 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "--decode-workers", type=int, default=2, help="files decoded ahead in threads (2)"
     )
     p.add_argument("--block-s", type=float, default=60.0, help="decoding block length (60 s)")
+    p.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="predict only shard K (0..N-1) of N, e.g. $SLURM_ARRAY_TASK_ID/$N; the files "
+        "are split by a hash of their relative paths; join the shards with birdstack merge",
+    )
     loc = p.add_argument_group(
         "location filter",
         "BirdNET's location and season model (needs birdstack[birdnet]) drops or down-weights "
@@ -88,6 +99,17 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``birdstack merge``."""
+    p.add_argument("out", metavar="OUT", help="the --out folder of the predict --shard runs")
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="which split to merge when OUT holds shards of several N",
+    )
+
+
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``birdstack export``."""
     p.add_argument("checkpoint", help="birdstack checkpoint (.ckpt)")
@@ -100,11 +122,16 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class InputFile:
-    """An input recording: where it is, how outputs name it, and its key (output path stem)."""
+    """An input recording: where it is, how outputs name it, and its key (output path stem).
+
+    ``rel``: its path relative to the folder it was found in (``/``-separated; for a file
+    named on the command line, its name), which decides its shard.
+    """
 
     path: Path
     display: str
     key: str
+    rel: str = ""
 
 
 def _safe_key(rel: str) -> str:
@@ -126,7 +153,7 @@ def collect_inputs(paths: list[str]) -> tuple[list[InputFile], list[tuple[str, s
             key = f"{base}__{n}"
             n += 1
         keys.add(key)
-        found.append(InputFile(path, display, key))
+        found.append(InputFile(path, display, key, Path(rel).as_posix()))
 
     for raw in paths:
         p = Path(raw)
@@ -251,9 +278,8 @@ class _Ahead:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict species in files/folders and write the chosen formats into ``--out``."""
-    from tqdm.auto import tqdm
-
     from birdstack.cli.main import _skip_exit
+    from birdstack.inference import shards
     from birdstack.inference.predictor import Predictor
     from birdstack.inference.writers import OutputOptions, PredictionWriter
     from birdstack.utils import (
@@ -261,10 +287,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         SkipLog,
         file_sha1,
         get_logger,
+        progress_bar,
         remove_stale_temp_files,
     )
 
     log = get_logger("predict")
+    shard = shards.Shard.parse(args.shard) if args.shard is not None else None
     if args.top_k < 1:
         raise ConfigError("--top-k must be >= 1")
     if not 0.0 <= args.min_confidence <= 1.0:
@@ -321,9 +349,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     writer = PredictionWriter(args.out, opts, model_block)
 
     skips = SkipLog()
-    inputs, missing = collect_inputs(args.paths)
+    all_inputs, missing = collect_inputs(args.paths)
     for raw, reason in missing:
         skips.add(raw, reason)
+    inputs = all_inputs
+    if shard is not None:
+        shards.start_shard(args.out, shard)
+        inputs = [f for f in all_inputs if shard.owns(f.rel)]
+        log.info(
+            "shard %d/%d: %d of %d recording(s)",
+            shard.index,
+            shard.count,
+            len(inputs),
+            len(all_inputs),
+        )
     todo = [f for f in inputs if not writer.done(f.key, f.path)]
     n_resumed = len(inputs) - len(todo)
     if n_resumed:
@@ -342,7 +381,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ahead = _Ahead(todo, produce, args.decode_workers)
     n_done = 0
     try:
-        bar = tqdm(todo, desc="predict", unit="file", disable=args.no_progress)
+        bar = progress_bar(todo, desc="predict", unit="file", disable=args.no_progress)
         for i, f in enumerate(bar):
             n_samples = [0]
 
@@ -364,16 +403,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
             n_done += 1
     finally:
         ahead.close()
-    written = writer.finish([f.key for f in inputs])
+    dest = shard.folder(args.out) if shard is not None else None
+    written = writer.finish([f.key for f in inputs], dest)
+    if shard is not None:
+        pos = {f.key: i for i, f in enumerate(all_inputs)}
+        mine = [(pos[f.key], f.key, writer.done(f.key, None)) for f in inputs]
+        keys = [f.key for f in all_inputs]
+        shards.finish_shard(
+            args.out, shard, keys, mine, writer.settings_hash, opts.formats, writer.model
+        )
+    where = f"shard {shard.index}/{shard.count}, " if shard is not None else ""
     print(
         f"predicted {n_done} recording(s), {n_resumed} already done, {len(skips)} skipped; "
-        f"outputs in {args.out}"
+        f"{where}outputs in {args.out}"
     )
     for w in written:
         print(f"  {w}")
     if "raven" in opts.formats:
         print(f"  {Path(args.out) / 'raven'}/ (one selection table per recording)")
+    if shard is not None:
+        print(f"  when all {shard.count} shards are done: birdstack merge {args.out}")
     return _skip_exit(len(skips), args)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Join the outputs of ``predict --shard K/N`` runs into the files of one unsharded run."""
+    from birdstack.inference.shards import merge
+
+    if args.shards is not None and args.shards < 1:
+        raise ConfigError("--shards must be at least 1")
+    res = merge(args.out, args.shards)
+    extra = (
+        f", {res.without_result} without a result (skipped inputs)" if res.without_result else ""
+    )
+    print(f"merged {res.shards} shard(s): {res.recordings} recording(s){extra}")
+    for w in res.written:
+        print(f"  {w}")
+    if res.raven:
+        print(f"  {Path(args.out) / 'raven'}/ (one selection table per recording)")
+    return 0
 
 
 def _location(args: argparse.Namespace) -> dict[str, Any] | None:

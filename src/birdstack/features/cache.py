@@ -513,7 +513,7 @@ class FeatureCache:
         """Compute the entries in ``todo``; returns their metadata by sha1."""
         if not todo:
             return {}
-        from tqdm.auto import tqdm
+        from birdstack.utils import progress_bar
 
         remove_stale_temp_files(self.dir, recursive=True)  # left by a killed run
         self._write_settings()
@@ -532,7 +532,7 @@ class FeatureCache:
             for sha, idx in todo.items()
         }
         out: dict[str, dict[str, Any]] = {}
-        bar = tqdm(total=len(jobs), desc="features", unit="file", disable=not progress)
+        bar = progress_bar(total=len(jobs), desc="features", unit="file", disable=not progress)
         try:
             if n_proc <= 1:
                 with _one_torch_thread():

@@ -21,6 +21,10 @@ Files in an output folder::
     predictions.json                       every recording's top-k and detections (--format json)
     raven/<dir>/<stem>.BirdStack.selection.table.txt   one Raven Pro table per recording
     .parts/<dir>/<stem>.json               per-recording results (what makes a rerun resume)
+
+A ``--shard K/N`` run writes its recordings' ``raven/`` tables and ``.parts/`` into the
+same folder and its combined files into ``shards/K-of-N/``; ``birdstack merge``
+writes the combined files of all shards (see :mod:`birdstack.inference.shards`).
 """
 
 from __future__ import annotations
@@ -301,24 +305,41 @@ class PredictionWriter:
         }
         atomic_write_json(self.part_path(key), {**rec, "_resume": meta})
 
-    def load(self, key: str) -> dict[str, Any]:
-        """A recording's stored result (without the resume block)."""
+    def load(self, key: str, settings: str | None = None) -> dict[str, Any]:
+        """A recording's stored result (without the resume block).
+
+        With ``settings`` (a settings hash), a result written with other settings raises
+        :class:`ValueError`.
+        """
         rec = json.loads(self.part_path(key).read_text(encoding="utf-8"))
-        rec.pop("_resume", None)
+        meta = rec.pop("_resume", None) or {}
+        if settings is not None and meta.get("settings") != settings:
+            raise ValueError(f"{self.part_path(key)} was written with other settings")
         return rec
 
-    def finish(self, keys: Sequence[str]) -> list[Path]:
-        """Rebuild the combined files from the part files of ``keys``; returns the files written."""
+    def finish(self, keys: Sequence[str], dest: str | os.PathLike[str] | None = None) -> list[Path]:
+        """Rebuild the combined files from the part files of ``keys``; returns the files written.
+
+        ``dest``: the folder of the combined files (default: the output folder; a
+        ``--shard`` run puts its own into ``shards/K-of-N/``).
+        """
         records = [self.load(k) for k in keys if self.part_path(k).is_file()]
+        return self.write_combined(records, dest)
+
+    def write_combined(
+        self, records: Sequence[Mapping[str, Any]], dest: str | os.PathLike[str] | None = None
+    ) -> list[Path]:
+        """Write ``detections.csv``/``recordings.csv``/``predictions.json`` of ``records``."""
+        folder = self.out if dest is None else Path(dest)
         written: list[Path] = []
         if "csv" in self.opts.formats:
             for name, text in (
                 ("detections.csv", detections_csv(records)),
                 ("recordings.csv", recordings_csv(records)),
             ):
-                atomic_write_text(self.out / name, text)
-                written.append(self.out / name)
+                atomic_write_text(folder / name, text)
+                written.append(folder / name)
         if "json" in self.opts.formats:
-            atomic_write_text(self.out / "predictions.json", predictions_json(records, self.model))
-            written.append(self.out / "predictions.json")
+            atomic_write_text(folder / "predictions.json", predictions_json(records, self.model))
+            written.append(folder / "predictions.json")
         return written

@@ -1,16 +1,22 @@
 """Lightning callbacks that birdstack's ``train(config)`` adds on request.
 
->>> from birdstack.training.callbacks import PreciseBatchNorm
+>>> from birdstack.training.callbacks import PreciseBatchNorm, progress_callback
 >>> cb = PreciseBatchNorm()        # train(config) adds it when trainer.precise_bn is set
+>>> bar = progress_callback()      # and this when trainer.progress is set
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from torch import nn
 from torch.optim.swa_utils import update_bn
+
+from birdstack.utils import format_duration, is_interactive
 
 
 class PreciseBatchNorm(L.Callback):
@@ -38,3 +44,71 @@ class PreciseBatchNorm(L.Callback):
         loader = datamodule.stats_dataloader(epoch=trainer.current_epoch)
         # a network without BatchNorm returns before the first batch; train/eval mode is restored
         update_bn(loader, net, device=pl_module.device)
+
+
+class EpochLines(ProgressBar):
+    """Lightning's progress bar for logs: one plain line per finished epoch.
+
+    Used instead of the TQDM bar when stderr is not a terminal (SLURM jobs, CI,
+    ``nohup``, ``make demo > log``), where a redrawn bar leaves carriage-return
+    fragments. The line has the epoch, the epoch's figures known when it ends
+    (training and validation) and its wall time::
+
+        epoch 3/20: train/acc 0.6250  train/f1_macro 0.6103  train/loss 1.1978  val/acc 0.4167
+        val/f1_macro 0.3810  val/loss 1.5012  ...  (4 s)              (one line, wrapped here)
+
+    Being a :class:`~lightning.pytorch.callbacks.ProgressBar`, it replaces Lightning's
+    default bar; only the global-zero process writes.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.enabled = True
+        self._t0 = time.monotonic()
+        self._pending: tuple[int, float] | None = None  # (epoch, seconds) not yet written
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    # The figures the LightningModule logs in its own on_train_epoch_end (train/acc, ...)
+    # arrive after the callbacks' hook, so an epoch's line is written when the next epoch
+    # starts or training ends, with the time measured at the epoch's end.
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+        self._t0 = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pending = (trainer.current_epoch, time.monotonic() - self._t0)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or not self.enabled or not trainer.is_global_zero:
+            return
+        epoch, seconds = pending
+        figures = []
+        for key, value in sorted(trainer.callback_metrics.items()):
+            try:
+                figures.append(f"{key} {float(value):.4f}")
+            except (TypeError, ValueError, RuntimeError):  # not a scalar
+                continue
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        line = f"epoch {epoch + 1}{total}: " + "  ".join(figures)
+        self.print(f"{line}  ({format_duration(seconds)})")
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        stream = sys.stderr if self.stream is None else self.stream
+        print(*args, file=stream, flush=True, **kwargs)
+
+
+def progress_callback(stream: Any = None) -> ProgressBar:
+    """Lightning's TQDM bar on a terminal; :class:`EpochLines` anywhere else (logs)."""
+    if is_interactive(stream):
+        return TQDMProgressBar(leave=False)
+    return EpochLines(stream)

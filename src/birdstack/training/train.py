@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from birdstack.config import Config, ConfigError, to_dict
@@ -38,7 +38,7 @@ from birdstack.data.datamodule import BirdDataModule
 from birdstack.data.prepare import PreparedData, prepare
 from birdstack.features.taxonomy import ClassMapping
 from birdstack.models import create_model_from_config
-from birdstack.training.callbacks import PreciseBatchNorm
+from birdstack.training.callbacks import PreciseBatchNorm, progress_callback
 from birdstack.training.checkpoint import AtomicCheckpointIO, load_checkpoint
 from birdstack.training.module import OPTIMIZERS, BirdClassifier
 from birdstack.utils import (
@@ -360,7 +360,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     if cfg.trainer.precise_bn:
         callbacks.append(PreciseBatchNorm())
     if cfg.trainer.progress:
-        callbacks.append(TQDMProgressBar(leave=False))
+        callbacks.append(progress_callback())  # TQDM on a terminal, one line per epoch in logs
     trainer = L.Trainer(
         callbacks=callbacks,
         logger=CSVLogger(save_dir=str(run_dir), name="", version="logs"),
