@@ -413,7 +413,9 @@ def small_tree(tmp_path_factory) -> Path:
 
 
 def _small_argv(root: Path) -> list[str]:
-    return ["--data", str(root), "--folds", "2", "--short", "pad", "--workers", "1"]
+    # 3 recordings per class: below the default data.min_class_recordings (5)
+    argv = ["--data", str(root), "--folds", "2", "--short", "pad", "--workers", "1"]
+    return [*argv, "--min-class-recordings", "2"]
 
 
 @pytest.mark.xdist_group("train")
@@ -435,7 +437,8 @@ def test_sweep_with_a_skipped_file_exits_3(small_tree, tmp_path, monkeypatch):
     exp = tmp_path / "exp.yaml"
     exp.write_text(
         f"name: small\nbase:\n  data: {{path: {small_tree}, n_folds: 2, workers: 1, "
-        f"cache_dir: {tmp_path / 'cache'}}}\n  preprocessing: {{encoding: {{short: pad}}}}\n"
+        f"min_class_recordings: 2, cache_dir: {tmp_path / 'cache'}}}\n"
+        "  preprocessing: {encoding: {short: pad}}\n"
         "  trainer: {epochs: 1, batch_size: 8, accelerator: cpu}\nfolds: [0]\n"
     )
     argv = ["sweep", str(exp), "--out", str(tmp_path / "s"), "--no-progress", "--no-eval"]

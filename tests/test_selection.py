@@ -1,21 +1,28 @@
-"""The study's selection rules: top-k species, secondary labels, balancing, label order."""
+"""The study's selection rules: top-k species, secondary labels, balancing, label order,
+and the guard that stops a selection leaving a class with too few recordings."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from rich.console import Console
 
+from birdstack.config import Config, ConfigError, DataConfig, EncodingConfig
 from birdstack.data.metadata import load_metadata
+from birdstack.data.prepare import prepare
 from birdstack.data.selection import (
     balance,
+    check_class_sizes,
     drop_secondary,
     encode_labels,
     filter_species,
     select_species,
 )
 from birdstack.utils import BirdstackError
+from test_reliability import run_cli
 
 
 def _table(counts: dict[str, int]) -> pd.DataFrame:
@@ -114,3 +121,95 @@ def test_study_rules_on_demo(demo_dir: Path) -> None:
     kept, capped = balance(kept, seed=0)
     assert kept["primary_label"].value_counts().eq(7).all() and len(capped) == 4
     assert list(encode_labels(classes).values()) == list(range(6))
+
+
+# ----------------------------------------------------------------------------- the guard
+
+
+def _prepare(demo_dir: Path, cache_dir: Path, **over):
+    cfg = Config.from_dict(
+        {"data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1}}
+    ).override(over)
+    return prepare(cfg.data, cfg.preprocessing, None, progress=False, console=Console(quiet=True))
+
+
+def test_defaults_pad_and_guard():
+    assert EncodingConfig().short == "pad"  # the study's drop is an explicit choice
+    assert DataConfig().min_class_recordings == 5
+    with pytest.raises(ConfigError, match=r"min_class_recordings=-1: use 0 \(no check\) or more"):
+        DataConfig(min_class_recordings=-1)
+
+
+def test_defaults_keep_every_demo_class(demo_dir, cache_dir):
+    p = _prepare(demo_dir, cache_dir)
+    assert len(p.classes) == 6 and p.kept["primary_label"].value_counts().eq(7).all()
+    assert p.kept["padded"].sum() > 0  # short recordings are padded, not dropped
+
+
+def test_guard_names_the_class_its_count_and_the_rules(demo_dir, cache_dir):
+    # the study's short=drop without balancing: margarops_fuscatus keeps 4 of its 8
+    # recordings (3 shorter than the stacked target, 1 naming coereba_flaveola)
+    over = {"preprocessing.encoding.short": "drop", "data.balance": False}
+    with pytest.raises(ConfigError) as e:
+        _prepare(demo_dir, cache_dir, **over)
+    msg = str(e.value)
+    assert msg.startswith(
+        "too few recordings left: 1 of the 6 selected classes has fewer than 5 "
+        "(data.min_class_recordings) after the selection rules:"
+    ), msg
+    target = _prepare(demo_dir, cache_dir, **over, **{"data.min_class_recordings": 0})
+    frames = target.preprocessing.encoding.target_frames
+    assert (
+        "  margarops_fuscatus: 4 left of 8 (removed: 3 'shorter than the stacked target "
+        f"({frames} frames)', 1 'secondary label names a kept species')"
+    ) in msg.splitlines()
+    for other in ("coereba_flaveola", "vireo_latimeri", "acrocephalus"):
+        assert other not in msg  # the classes with enough left are not named
+    # what to do: the rules that removed recordings, fewer species, or a lower threshold
+    assert "--short pad" in msg and "--keep-secondary" in msg and "--no-balance" not in msg
+    assert "--top-k" in msg and "--min-class-recordings N" in msg and "0: no check" in msg
+    # 0 turns the guard off: the study's rule as it was (4 recordings of margarops_fuscatus)
+    assert target.kept["primary_label"].value_counts()["margarops_fuscatus"] == 4
+
+
+def test_guard_after_balancing_names_every_capped_class(demo_dir, cache_dir):
+    # short=drop with balancing (the study's rules): every class capped at 4
+    with pytest.raises(ConfigError) as e:
+        _prepare(demo_dir, cache_dir, **{"preprocessing.encoding.short": "drop"})
+    msg = str(e.value)
+    assert "6 of the 6 selected classes have fewer than 5" in msg
+    assert "  acrocephalus_palustris: 4 left of 8 (removed: 4 'balance: class capped at 4')" in msg
+    assert "--short pad" in msg and "--no-balance" in msg
+    # a higher threshold than the defaults leave (7 per class)
+    with pytest.raises(ConfigError, match="vireo_latimeri: 7 left of 8"):
+        _prepare(demo_dir, cache_dir, **{"data.min_class_recordings": 8})
+
+
+def test_guard_through_the_command_line(demo_dir, cache_dir, tmp_path, monkeypatch, caplog):
+    argv = ["prepare", "--data", str(demo_dir), "--cache-dir", str(cache_dir), "--workers", "1"]
+    argv += ["--short", "drop", "--out", str(tmp_path / "prep"), "--no-progress"]
+    with caplog.at_level(logging.ERROR, logger="birdstack"):
+        assert run_cli(argv, monkeypatch) == 2
+    assert "too few recordings left" in caplog.text and "margarops_fuscatus: 4 left" in caplog.text
+    assert not (tmp_path / "prep" / "manifest.csv").exists()
+    assert run_cli([*argv, "--min-class-recordings", "4"], monkeypatch) == 0
+
+
+def test_guard_on_a_table():
+    df = pd.DataFrame(
+        {
+            "primary_label": ["a"] * 4 + ["b"] * 6 + ["c"] * 2,
+            "dropped": [False, True, True, True] + [False] * 6 + [True, True],
+            "drop_reason": ["", "unreadable audio: empty file", "file not found", "x"]
+            + [""] * 6
+            + ["single session: every recording of c ..."] * 2,
+        }
+    )
+    with pytest.raises(ConfigError) as e:
+        check_class_sizes(df, ["a", "b", "c"], 2)
+    msg = str(e.value)
+    assert "  a: 1 left of 4 (removed: 1 'file not found', 1 'unreadable audio', 1 'x')" in msg
+    assert "replace the unreadable files" in msg and "add the missing files" in msg
+    assert "b:" not in msg and "c:" not in msg  # c: left out on purpose (single_session=drop)
+    check_class_sizes(df, ["a", "b", "c"], 1)  # a keeps 1
+    check_class_sizes(df, ["a", "b", "c"], 0)  # off

@@ -3,6 +3,7 @@ and a sweep killed with SIGKILL that resumes to the same table."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -111,12 +112,35 @@ def test_last_epoch_rule_reads_the_final_row():
     last = choose_metrics(["stacked"], epoch="last")
     assert (last.acc, last.epoch) == ("val/acc", "last") and "last epoch" in last.describe()
     row = read_run_metrics(FIXTURE / "a__fold0__seed0", last.acc, last.f1, last.loss, "last")
-    # fold 0's best epoch (lowest val/loss 1.2) is the 2nd; its last row is epoch 3
+    # fold 0's best epoch (highest val/rec_f1_macro 0.45) is the 2nd; its last row is epoch 3
     assert row["best_epoch"] == 2
     assert (row["acc"], row["f1_macro"], row["loss"]) == pytest.approx((0.5, 0.45, 1.3))
     with pytest.raises(ConfigError, match="compare.epoch"):
         experiment_from_dict({"grid": {"optim.lr": [1]}, "compare": {"epoch": "final"}})
     assert experiment_from_dict({"compare": {"epoch": "last"}}).epoch == "last"
+
+
+def test_best_epoch_is_the_training_rule_even_for_runs_of_an_older_rule(tmp_path, caplog):
+    run = tmp_path / "r__fold0__seed0"
+    shutil.copytree(FIXTURE / "a__fold0__seed0", run)
+    # val/loss lowest at epoch 0; val/rec_f1_macro ties at epochs 1 and 2: the later wins
+    hist = pd.read_csv(run / "metrics.csv")
+    hist["val/loss"] = [0.5, 1.2, 1.3]
+    hist["val/rec_f1_macro"] = [0.2, 0.45, 0.45]
+    hist.to_csv(run / "metrics.csv", index=False)
+    with caplog.at_level("WARNING", logger="birdstack"):
+        row = read_run_metrics(run, "val/rec_acc", "val/rec_f1_macro")
+    assert row["best_epoch"] == 3 and row["acc"] == pytest.approx(0.5)
+    # result.json (an older rule's) names epoch 2: the row says so, best.ckpt does not match
+    assert "best.ckpt holds epoch 2" in caplog.text and "the tables use epoch 3" in caplog.text
+    caplog.clear()
+    res = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(json.dumps({**res, "best_epoch": 2}))
+    with caplog.at_level("WARNING", logger="birdstack"):
+        assert read_run_metrics(run, "val/rec_acc", "val/rec_f1_macro")["best_epoch"] == 3
+        assert read_run_metrics(run, epoch="last")["best_epoch"] == 3
+    assert caplog.text == ""
+    assert "highest `val/rec_f1_macro`" in STACKED_METRICS.describe()
 
 
 def test_paired_differences_match_a_hand_computation():
@@ -187,7 +211,8 @@ def test_table_mean_and_std_match_a_hand_computation():
     }
     t = aggregate_runs(per_run).set_index("variant")
     a, b = t.loc["a"], t.loc["b"]
-    # variant a: best epochs (lowest val/loss) are 2 and 3 (1-based); figures at those epochs
+    # variant a: best epochs (highest val/rec_f1_macro) are 2 and 3 (1-based); figures at
+    # those epochs
     assert a["acc_mean"] == pytest.approx((0.5 + 0.75) / 2)
     assert a["acc_std"] == pytest.approx(abs(0.75 - 0.5) / math.sqrt(2))
     assert a["f1_macro_mean"] == pytest.approx((0.4 + 0.7) / 2)

@@ -1,19 +1,24 @@
-"""Training end to end on the embedded data: loss goes down, seeded runs repeat, resume, DDP."""
+"""Training end to end on the embedded data: loss goes down, seeded runs repeat, resume, DDP;
+the best epoch's rule (highest recording-level macro-F1, ties to the later epoch)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+import birdstack.training.train as train_module
 from birdstack.config import Config, ConfigError
 from birdstack.data.datamodule import BirdDataset
 from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
-from birdstack.training.train import train
+from birdstack.training.train import LaterTiesCheckpoint, _best_row, best_epoch_index, train
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -28,9 +33,19 @@ def _cfg(demo_dir: Path, cache_dir: Path, out: Path, **over) -> Config:
     return Config.from_dict(base).override(over)
 
 
-def test_short_run_lowers_training_loss_and_writes_outputs(demo_dir, cache_dir, tmp_path):
-    cfg = _cfg(demo_dir, cache_dir, tmp_path / "run", **{"trainer.epochs": 6, "optim.lr": 0.003})
-    result = train(cfg)
+def test_short_run_lowers_training_loss_and_writes_outputs(
+    demo_dir, cache_dir, tmp_path, monkeypatch
+):
+    stoppers = []
+
+    class Recorded(train_module.EarlyStopping):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            stoppers.append(self)
+
+    monkeypatch.setattr(train_module, "EarlyStopping", Recorded)
+    over = {"trainer.epochs": 6, "optim.lr": 0.003, "trainer.early_stopping_patience": 6}
+    result = train(_cfg(demo_dir, cache_dir, tmp_path / "run", **over))
     h = result.history
     assert len(h) == 6
     assert h["train/loss"].iloc[-1] < h["train/loss"].iloc[0]
@@ -41,6 +56,62 @@ def test_short_run_lowers_training_loss_and_writes_outputs(demo_dir, cache_dir, 
     # last.ckpt holds the final epoch (what --resume continues from), not the best one
     assert load_checkpoint(tmp_path / "run/checkpoints/last.ckpt")["epoch"] == 5
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro"} <= set(h.columns)
+    # best.ckpt is the epoch of highest recording-level macro-F1, a tie going to the later
+    # epoch, by the run's own metrics.csv; result.json names the same epoch
+    logged = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    f1 = logged["val/rec_f1_macro"]
+    expected = int(logged.loc[f1 == f1.max(), "epoch"].max())
+    assert load_checkpoint(result.best_checkpoint)["epoch"] == expected
+    assert result.best_checkpoint == tmp_path / "run/checkpoints/best.ckpt"
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert res["best_epoch"] == expected == int(result.best["epoch"])
+    assert res["best"]["val/rec_f1_macro"] == f1.max()
+    # early stopping watches the same figure
+    assert [(s.monitor, s.mode) for s in stoppers] == [("val/rec_f1_macro", "max")]
+
+
+def test_best_epoch_is_highest_recording_f1_with_ties_to_the_later_epoch():
+    # val/loss is lowest at epoch 0 (a model that predicts one class can have it there)
+    hist = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2, 3, 4],
+            "val/loss": [0.9, 1.4, 1.2, 1.3, 1.5],
+            "val/rec_f1_macro": [0.06, 0.3, 0.41, 0.41, float("nan")],
+        }
+    )
+    assert int(hist.loc[best_epoch_index(hist), "epoch"]) == 3  # 0.41 twice: the later
+    assert _best_row(hist)["epoch"] == 3 and _best_row(hist)["val/rec_f1_macro"] == 0.41
+    # row order does not matter, the epoch does
+    shuffled = hist.sample(frac=1, random_state=0)
+    assert int(shuffled.loc[best_epoch_index(shuffled), "epoch"]) == 3
+    # NaN counts as the lowest; all equal: the last epoch
+    assert _best_row(hist.assign(**{"val/rec_f1_macro": 0.5}))["epoch"] == 4
+    assert _best_row(hist.assign(**{"val/rec_f1_macro": float("nan")}))["epoch"] == 4
+    assert best_epoch_index(hist.drop(columns="val/rec_f1_macro")) is None
+    assert _best_row(pd.DataFrame()) == {}
+
+
+def test_best_checkpoint_moves_to_a_later_epoch_of_an_equal_score(tmp_path):
+    """Lightning keeps the first of equal scores; birdstack's best.ckpt takes the later."""
+
+    class Strategy:
+        @staticmethod
+        def reduce_boolean_decision(decision: bool) -> bool:
+            return decision
+
+    trainer = SimpleNamespace(strategy=Strategy())
+    cb = LaterTiesCheckpoint(dirpath=tmp_path, filename="best", monitor="m", mode="max")
+    assert cb.check_monitor_top_k(trainer, torch.tensor(0.4))  # nothing kept yet
+    path = str(tmp_path / "best.ckpt")
+    cb.best_k_models, cb.kth_best_model_path = {path: torch.tensor(0.4)}, path
+    assert cb.check_monitor_top_k(trainer, torch.tensor(0.4))  # a tie: the later epoch
+    assert cb.check_monitor_top_k(trainer, torch.tensor(0.5))
+    assert not cb.check_monitor_top_k(trainer, torch.tensor(0.3))
+    assert not cb.check_monitor_top_k(trainer, torch.tensor(float("nan")))
+    assert not cb.check_monitor_top_k(trainer, None)
+    plain = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="m", mode="max")
+    plain.best_k_models, plain.kth_best_model_path = dict(cb.best_k_models), path
+    assert not plain.check_monitor_top_k(trainer, torch.tensor(0.4))  # why the subclass
 
 
 def test_checkpoint_carries_preprocessing_and_predicts_identically(demo_dir, cache_dir, tmp_path):

@@ -85,8 +85,9 @@ class EncodingConfig:
     ``target_frames`` (``None``: computed from the training data as the mean frame
     count per class, averaged over classes, times ``trim_factor``), cut along time
     into ``channels`` equal segments, stacked as channels: ``[channels, n_mels,
-    target_frames // channels]``. Recordings shorter than the target are dropped
-    (``short="drop"``) or padded (``short="pad"``).
+    target_frames // channels]``. Recordings shorter than the target are padded
+    (``short="pad"``, the default) or dropped (``short="drop"``, the study's rule; on
+    short cut recordings it can leave too few recordings per class).
 
     ``segments`` (the usual BirdCLEF baseline): windows of ``window_s`` seconds every
     ``hop_s`` seconds, each a 1-channel sample ``[1, n_mels, window_frames]``. A final
@@ -112,7 +113,7 @@ class EncodingConfig:
     channels: int = 10
     trim_factor: float = 0.8
     target_frames: int | None = None
-    short: Literal["drop", "pad"] = "drop"
+    short: Literal["drop", "pad"] = "pad"
     window_s: float = 5.0
     hop_s: float = 5.0
     min_last_window: float = 0.5
@@ -287,6 +288,11 @@ class DataConfig:
     secondary labels name a kept species dropped, classes balanced by capping each
     at the smallest class count. Splits are stratified by species and grouped by
     recording session (author + date when known).
+
+    ``min_class_recordings``: after all the rules, every selected class must keep at
+    least this many recordings, else :func:`birdstack.data.prepare.prepare` stops and
+    says which rule removed how many (``0``: no check; a class left with none is then
+    left out with a warning).
     """
 
     path: str = "data/birds-demo"
@@ -301,8 +307,13 @@ class DataConfig:
     seed: int = 0
     cache_dir: str | None = None
     workers: int = 0
+    min_class_recordings: int = 5
 
     def __post_init__(self) -> None:
+        if self.min_class_recordings < 0:
+            raise ConfigError(
+                f"data.min_class_recordings={self.min_class_recordings}: use 0 (no check) or more"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"data.top_k={self.top_k} must be >= 1")
         if self.n_folds < 2:

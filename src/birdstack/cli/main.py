@@ -64,6 +64,12 @@ DATA_OPTS = [
     ),
     Opt("--min-recordings", "data.min_recordings", int, "only species with at least this many"),
     Opt(
+        "--min-class-recordings",
+        "data.min_class_recordings",
+        int,
+        "stop when a selected class keeps fewer recordings after the rules (default 5; 0: off)",
+    ),
+    Opt(
         "--keep-secondary",
         "data.drop_secondary",
         None,
@@ -133,7 +139,7 @@ DATA_OPTS = [
         "--short",
         "preprocessing.encoding.short",
         str,
-        "stacked: recordings shorter than the target: drop | pad",
+        "stacked: recordings shorter than the target: pad (default) | drop (the study's)",
     ),
     Opt("--window-s", "preprocessing.encoding.window_s", float, "segments: window length (5 s)"),
     Opt("--hop-s", "preprocessing.encoding.hop_s", float, "segments: hop between windows (5 s)"),

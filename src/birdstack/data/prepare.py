@@ -10,9 +10,13 @@ The order of the study's rules, each recorded in the manifest's ``drop_reason``:
 2. the K species with most recordings are kept (or an explicit ``species`` list);
 3. recordings whose secondary labels name a kept species are dropped;
 4. ``stacked``: the target length is computed (mean frames per class, averaged over
-   classes, times ``trim_factor``) and shorter recordings are dropped, or padded;
+   classes, times ``trim_factor``) and shorter recordings are padded (the default), or
+   dropped (``encoding.short=drop``, the study's rule);
 5. classes are balanced (each capped at the smallest class count, seeded);
-6. folds: stratified by species, grouped by recording session.
+6. folds: stratified by species, grouped by recording session;
+7. every selected class must keep ``data.min_class_recordings`` recordings (default 5),
+   else prepare stops with a :class:`~birdstack.config.ConfigError` naming the class,
+   what it has left and which rule removed how many (``0``: no check).
 
 The output folder gets ``manifest.csv`` (one row per recording), ``classes.json``
 and ``prepare.json`` (the resolved preprocessing, with the target length).
@@ -34,6 +38,7 @@ from birdstack.config import ConfigError, DataConfig, Preprocessing, to_dict
 from birdstack.data.metadata import load_metadata, split_missing
 from birdstack.data.selection import (
     balance,
+    check_class_sizes,
     drop_secondary,
     encode_labels,
     filter_species,
@@ -146,6 +151,7 @@ def prepare(
         min_recordings=data.min_recordings,
     )
     _drop_rows(df, filter_species(df[~df["dropped"]], classes)[1])
+    selected = list(classes)  # what the guard (7.) checks at the end
     # files of the selected species that are listed but missing or unreadable are skipped:
     # one log line each (file and reason), counted in the summary and the exit code
     skips = SkipLog()
@@ -209,6 +215,7 @@ def prepare(
         )
         classes = [c for c in classes if c not in empty]
     if len(classes) < 2:
+        check_class_sizes(df, selected, data.min_class_recordings)  # the fuller message first
         raise ConfigError(
             f"{data.path}: fewer than 2 classes left after the selection rules ({classes}); "
             "select more species, use encoding.short=pad, or check the drop reasons in the manifest"
@@ -232,6 +239,8 @@ def prepare(
     for idx, reason in getattr(report, "dropped", {}).items():
         _drop(df, df.index == idx, reason)
     warnings.extend(getattr(report, "warnings", []))
+    # 7. enough recordings left in every selected class
+    check_class_sizes(df, selected, data.min_class_recordings)
     dropped_classes = [
         c for c in classes if not ((df["primary_label"] == c) & ~df["dropped"]).any()
     ]

@@ -6,7 +6,8 @@ subset of it) and never modifies it. Rules that remove recordings return
 ``drop_reason`` column saying why. Defaults are the study's (see
 :class:`birdstack.config.DataConfig`): the 6 species with most recordings, recordings
 whose secondary labels name a kept species dropped, classes capped at the smallest
-class count::
+class count. After all the rules, :func:`check_class_sizes` stops a selection that
+leaves a class with fewer than a handful of recordings (``data.min_class_recordings``)::
 
     >>> import pandas as pd
     >>> df = pd.DataFrame({
@@ -34,6 +35,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from birdstack.config import ConfigError
 from birdstack.utils import BirdstackError
 
 
@@ -141,3 +143,89 @@ def encode_labels(classes: Iterable[str]) -> dict[str, int]:
     checkpoint's output ``i`` always means the ``i``-th class name in sorted order.
     """
     return {name: i for i, name in enumerate(sorted(set(classes)))}
+
+
+# what to try when a rule removed recordings: (the rule's drop_reason prefix, the advice)
+_REMEDIES = (
+    ("shorter than the stacked target", "--short pad (pad short recordings instead of dropping)"),
+    ("balance:", "--no-balance (do not cap every class at the smallest class count)"),
+    (
+        "secondary label names",
+        "--keep-secondary (keep recordings whose secondary labels name another kept species)",
+    ),
+    ("unreadable audio", "replace the unreadable files (see the manifest's drop_reason)"),
+    ("file not found", "add the missing files (see the manifest's drop_reason)"),
+)
+
+
+def rule_of(reason: str) -> str:
+    """A ``drop_reason`` without its per-recording details, so reasons count per rule.
+
+    >>> rule_of("secondary label names kept species a, c")
+    'secondary label names a kept species'
+    >>> rule_of("unreadable audio: truncated Ogg stream")
+    'unreadable audio'
+    >>> rule_of("balance: class capped at 3")
+    'balance: class capped at 3'
+    """
+    if reason.startswith("secondary label names"):
+        return "secondary label names a kept species"
+    for prefix in ("unreadable audio", "single session"):
+        if reason.startswith(prefix):
+            return prefix
+    return reason
+
+
+def check_class_sizes(df: pd.DataFrame, classes: Sequence[str], minimum: int) -> None:
+    """Stop when a selected class has fewer than ``minimum`` recordings left after the rules.
+
+    ``df``: the manifest so far (``primary_label``, ``dropped``, ``drop_reason``);
+    ``classes``: the species the selection picked. The :class:`ConfigError` names each
+    such class, how many recordings it has left of how many, how many each rule removed,
+    and what to do. ``minimum=0``: no check. A class that ``data.single_session=drop``
+    left out on purpose is not counted.
+
+    >>> df = pd.DataFrame({"primary_label": ["a"] * 3 + ["b"] * 6,
+    ...                    "dropped": [False, True, True] + [False] * 6,
+    ...                    "drop_reason": ["", "balance: class capped at 1", "x"] + [""] * 6})
+    >>> check_class_sizes(df, ["a", "b"], 5)
+    Traceback (most recent call last):
+    ...
+    birdstack.config.ConfigError: too few recordings left: 1 of the 2 selected classes ...
+    """
+    if minimum <= 0:
+        return
+    short: list[tuple[int, str, int, dict[str, int]]] = []
+    for c in classes:
+        rows = df[df["primary_label"] == c]
+        gone = rows["dropped"].astype(bool)
+        reasons = rows.loc[gone, "drop_reason"].astype(str).map(rule_of)
+        if (reasons == "single session").any():
+            continue  # left out on purpose (data.single_session=drop)
+        left = int((~gone).sum())
+        if left < minimum:
+            counts = {str(r): int(n) for r, n in reasons.value_counts().items()}
+            short.append((left, c, len(rows), counts))
+    if not short:
+        return
+    short.sort()
+    lines = [
+        f"too few recordings left: {len(short)} of the {len(classes)} selected classes "
+        f"{'has' if len(short) == 1 else 'have'} fewer than {minimum} "
+        "(data.min_class_recordings) after the selection rules:"
+    ]
+    rules: set[str] = set()
+    for left, c, total, counts in short:
+        removed = ", ".join(
+            f"{n} '{r}'" for r, n in sorted(counts.items(), key=lambda i: (-i[1], i[0]))
+        )
+        lines.append(f"  {c}: {left} left of {total} (removed: {removed or 'none'})")
+        rules.update(counts)
+    todo = [fix for prefix, fix in _REMEDIES if any(r.startswith(prefix) for r in rules)]
+    todo += [
+        "fewer species (--top-k N or --species ..., leaving the small classes out)",
+        "or accept fewer with --min-class-recordings N (data.min_class_recordings; 0: no check)",
+    ]
+    lines.append("A class needs a handful of recordings to train and validate on. Try: ")
+    lines[-1] += "; ".join(todo) + "."
+    raise ConfigError("\n".join(lines))

@@ -29,7 +29,7 @@ DEMO_EPOCHS = 60
 DEMO_BATCH = 8
 DEMO_LR = 0.003
 # short=drop (the study's rule) is used unless it keeps less than this share of the
-# recordings that short=pad keeps.
+# recordings that short=pad keeps, or leaves a class below data.min_class_recordings.
 DROP_MIN_SHARE = 0.75
 
 
@@ -52,13 +52,16 @@ def default_demo_data() -> Path:
 
 def choose_short_rule(base: Config, console: Console) -> tuple[str, str]:
     """``("drop" | "pad", why)``: the study drops recordings shorter than the stacked target;
-    on short (<= 30 s) cut recordings that can leave too little data, then pad instead."""
+    on short (<= 30 s) cut recordings that can leave too little data, then pad instead.
+
+    Both rules are tried with the class-size guard off (the figures decide); ``drop`` is
+    chosen only when it keeps every class at ``data.min_class_recordings`` or more."""
     from birdstack.data.prepare import prepare
 
     quiet = Console(quiet=True)
     counts = {}
     for rule in ("drop", "pad"):
-        cfg = base.override({"preprocessing.encoding.short": rule})
+        cfg = base.override({"preprocessing.encoding.short": rule, "data.min_class_recordings": 0})
         p = prepare(cfg.data, cfg.preprocessing, None, progress=False, console=quiet)
         kept = p.kept
         counts[rule] = (
@@ -74,7 +77,7 @@ def choose_short_rule(base: Config, console: Console) -> tuple[str, str]:
         f"recordings ({kd} classes, {md} per class), short=pad keeps {np_} ({kp} classes, "
         f"{mp} per class)"
     )
-    if kd == kp and nd >= DROP_MIN_SHARE * np_:
+    if kd == kp and nd >= DROP_MIN_SHARE * np_ and md >= base.data.min_class_recordings:
         return "drop", f"{facts}: using the study's rule (drop)"
     return "pad", (
         f"{facts}: dropping would lose {np_ - nd} of {np_} recordings, so shorter recordings "
@@ -198,8 +201,9 @@ def _write_report(
         f"Model: `{cfg.model.name}` ({res.get('n_params', 0):,} parameters), "
         f"{cfg.optim.name} lr {cfg.optim.lr:g} ({cfg.optim.scheduler} schedule), "
         f"batch {cfg.trainer.batch_size}, "
-        f"{cfg.trainer.epochs} epochs; best epoch {res['best_epoch'] + 1} (lowest validation "
-        f"loss {best.get('val/loss', float('nan')):.3f}).",
+        f"{cfg.trainer.epochs} epochs; best epoch {res['best_epoch'] + 1} (highest "
+        f"recording-level macro-F1 on the validation fold, "
+        f"{best.get('val/rec_f1_macro', float('nan')):.3f}; a tie goes to the later epoch).",
         "",
         "## Headline",
         "",

@@ -1,10 +1,12 @@
 """Sweep results: per-run figures from the runs' own metric files, tables, curves, report.md.
 
 Every number in a sweep table is read back from the run folders, never from memory:
-``result.json`` names the best epoch (lowest validation loss) and the parameter count
-and wall time; ``metrics.csv`` (one row per epoch) gives that epoch's validation
-figures and the curves. Per variant the table holds the mean and the sample standard
-deviation (``ddof=1``; empty with a single run) over its seeds and folds::
+``result.json`` gives the parameter count and wall time; ``metrics.csv`` (one row per
+epoch) gives the validation figures and the curves, read at each run's best epoch
+(highest ``val/rec_f1_macro``, ties to the later epoch: the epoch of ``best.ckpt``) or,
+with ``compare.epoch: last``, its final epoch. Per variant the table holds the mean and
+the sample standard deviation (``ddof=1``; empty with a single run) over its seeds and
+folds::
 
     >>> rows = [read_run_metrics(d, "val/acc", "val/f1_macro") for d in run_dirs]  # doctest: +SKIP
     >>> aggregate_runs(pd.DataFrame(rows))                                        # doctest: +SKIP
@@ -83,13 +85,13 @@ class MetricChoice:
     f1: str
     loss: str
     level: str
-    epoch: str = "best"  # "best": lowest val/loss; "last": the final epoch
+    epoch: str = "best"  # "best": highest val/rec_f1_macro (ties: later); "last": the final
 
     def describe(self) -> str:
         when = (
             "at each run's last epoch (no epoch is chosen on the validation fold)"
             if self.epoch == "last"
-            else "at each run's best epoch (lowest `val/loss`)"
+            else "at each run's best epoch (highest `val/rec_f1_macro`, ties to the later)"
         )
         return (
             f"accuracy = `{self.acc}`, macro-F1 = `{self.f1}`, loss = `{self.loss}` "
@@ -116,7 +118,7 @@ POOLED_METRICS = MetricChoice(
 
 def choose_metrics(encodings: Sequence[str], epoch: str = "best") -> MetricChoice:
     """Recording-level figures as soon as one variant uses ``segments`` inputs, read at
-    each run's ``best`` (lowest ``val/loss``) or ``last`` epoch."""
+    each run's ``best`` (highest ``val/rec_f1_macro``, ties to the later) or ``last`` epoch."""
     kinds = set(encodings)
     if "segments" in kinds:
         base = SEGMENT_METRICS
@@ -160,6 +162,12 @@ def read_run_metrics(
     """One run's row: its best epoch (1-based) and the figures of that epoch (or, with
     ``epoch="last"``, of its last epoch) from ``metrics.csv``.
 
+    The best epoch is the rule's (highest ``val/rec_f1_macro``, ties to the later epoch;
+    :func:`birdstack.training.train.best_epoch_index`) on ``metrics.csv``, the epoch of
+    the run's ``best.ckpt``. A run whose ``result.json`` names another epoch was chosen
+    by an older rule (lowest ``val/loss``): its row uses the rule's epoch and a warning
+    says that its ``best.ckpt`` holds the other one.
+
     ``status`` is ``done`` (``result.json`` present), ``failed`` (``error.txt``) or
     ``unfinished``. Without ``metrics.csv`` the figures fall back to ``result.json``'s.
     """
@@ -176,6 +184,17 @@ def read_run_metrics(
     best_epoch = int(res.get("best_epoch", -1))
     figures = dict(res.get("best") or {})
     hist = read_history(d)
+    rule_epoch = _rule_epoch(hist)
+    if rule_epoch is not None and rule_epoch != best_epoch and epoch == "best":
+        log.warning(
+            "%s: its best.ckpt holds epoch %d (an older rule: lowest val/loss); the tables use "
+            "epoch %d (highest val/rec_f1_macro); train it again for a matching checkpoint",
+            d,
+            best_epoch + 1,
+            rule_epoch + 1,
+        )
+    if rule_epoch is not None:
+        best_epoch = rule_epoch
     if epoch == "last":
         figures = dict(res.get("final") or {})
         if not hist.empty:
@@ -193,6 +212,16 @@ def read_run_metrics(
         wall_time_s=float(res.get("wall_time_s", math.nan)),
     )
     return row
+
+
+def _rule_epoch(hist: pd.DataFrame) -> int | None:
+    """The best epoch (0-based) of a ``metrics.csv`` by train's rule, or ``None``."""
+    if hist.empty or "epoch" not in hist:
+        return None
+    from birdstack.training.train import best_epoch_index
+
+    idx = best_epoch_index(hist)
+    return None if idx is None else int(hist.loc[idx, "epoch"])
 
 
 def per_run_table(runs: Sequence[RunSpec], metric: MetricChoice) -> pd.DataFrame:

@@ -10,11 +10,18 @@ A run folder holds::
 
     config.yaml              the resolved config
     data/manifest.csv        one row per recording (kept / dropped and why, fold)
-    checkpoints/best.ckpt    lowest validation loss; checkpoints/last.ckpt (for --resume)
+    checkpoints/best.ckpt    the best epoch (see below); checkpoints/last.ckpt (for --resume)
     logs/metrics.csv         Lightning's CSV log
     metrics.csv              one row per epoch (train/…, val/…)
     curves.png               validation accuracy and loss per epoch
     result.json              best epoch, its metrics, parameters, wall time (written last)
+
+The best epoch (``best.ckpt``, ``result.json``'s ``best``, a sweep's ``best`` figures)
+is the one of highest recording-level macro-F1 on the validation fold
+(``val/rec_f1_macro``, :data:`BEST_METRIC`), a tie going to the later epoch
+(:func:`best_epoch_index`). Validation loss is not used: a model that predicts one
+class can have the lowest loss in an early epoch. ``trainer.early_stopping_patience``
+watches the same figure.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ from birdstack.utils import (
 )
 
 log = get_logger("train")
+
+# the figure that chooses the best epoch (higher is better; ties: the later epoch)
+BEST_METRIC = "val/rec_f1_macro"
 
 
 @dataclass(frozen=True)
@@ -330,11 +340,11 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     )
     trainable = any(p.requires_grad for p in module.net.parameters())
 
-    ckpt_cb = ModelCheckpoint(
+    ckpt_cb = LaterTiesCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        monitor="val/loss",
-        mode="min",
+        monitor=BEST_METRIC,
+        mode="max",
         auto_insert_metric_name=False,
         enable_version_counter=False,
         # after the epoch's training figures are logged, so a checkpoint holds the whole epoch
@@ -354,7 +364,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     if cfg.trainer.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(
-                monitor="val/loss", mode="min", patience=cfg.trainer.early_stopping_patience
+                monitor=BEST_METRIC, mode="max", patience=cfg.trainer.early_stopping_patience
             )
         )
     if cfg.trainer.precise_bn:
@@ -412,11 +422,51 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     return result
 
 
+def best_epoch_index(history: pd.DataFrame, metric: str = BEST_METRIC) -> Any | None:
+    """The index label of the best epoch's row: highest ``metric``, ties to the later epoch.
+
+    ``history``: one row per epoch (an ``epoch`` column, as ``metrics.csv``). A missing
+    figure (NaN) counts as the lowest score. ``None`` when there is no such column.
+    The rule of ``best.ckpt`` (:class:`LaterTiesCheckpoint`) and of ``result.json``.
+
+    >>> h = pd.DataFrame({"epoch": [0, 1, 2, 3], "val/loss": [0.5, 0.9, 0.8, 1.0],
+    ...                   "val/rec_f1_macro": [0.1, 0.6, 0.6, 0.4]})
+    >>> int(h.loc[best_epoch_index(h), "epoch"])
+    2
+    """
+    if history.empty or metric not in history:
+        return None
+    hist = history.sort_values("epoch", kind="stable") if "epoch" in history else history
+    score = pd.to_numeric(hist[metric], errors="coerce").fillna(-np.inf)
+    return score[::-1].idxmax()  # idxmax takes the first of equal values: reversed, the last
+
+
 def _best_row(history: pd.DataFrame) -> dict[str, float]:
-    if history.empty or "val/loss" not in history:
+    idx = best_epoch_index(history)
+    if idx is None:
         return {}
-    row = history.loc[history["val/loss"].idxmin()]
-    return {k: float(v) for k, v in row.items() if pd.notna(v)}
+    return {k: float(v) for k, v in history.loc[idx].items() if pd.notna(v)}
+
+
+class LaterTiesCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose top-1 checkpoint moves to a later epoch of an equal score.
+
+    Lightning (2.6) replaces its kept checkpoint only on a strictly better score
+    (``torch.gt`` for ``mode="max"``), so of equal scores it keeps the first; macro-F1 on
+    a few validation recordings ties often, and the later epoch is the better-trained
+    model of the two. A NaN score counts as the lowest (Lightning stores it as -inf).
+    Only ``save_top_k=1`` is changed.
+    """
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is None or self.save_top_k != 1 or not self.best_k_models:
+            return super().check_monitor_top_k(trainer, current)
+        if torch.isnan(current):
+            current = torch.full_like(current, float("inf" if self.mode == "min" else "-inf"))
+        kept = self.best_k_models[self.kth_best_model_path]
+        better = torch.le(current, kept) if self.mode == "min" else torch.ge(current, kept)
+        # every process must take the same decision (DDP)
+        return trainer.strategy.reduce_boolean_decision(bool(better))
 
 
 def _write_outputs(
