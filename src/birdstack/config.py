@@ -385,6 +385,33 @@ class TrainerConfig:
             raise ConfigError(f"trainer.batch_size={self.batch_size} must be >= 1")
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a teacher checkpoint (``--teacher``).
+
+    ``teacher``: a birdstack checkpoint that knows every class of the run (e.g. a
+    BirdNET head); ``{fold}`` and ``{seed}`` in it are filled in, so each fold of a
+    sweep gets the teacher trained without its validation fold. ``None`` trains on
+    labels alone. The loss is ``(1 - alpha)`` x cross-entropy on the labels plus
+    ``alpha`` x ``temperature ** 2`` x the KL divergence from the teacher's scores at
+    ``temperature``. ``unlabelled``: folders
+    of audio without labels, trained on the teacher's scores alone.
+    """
+
+    teacher: str | None = None
+    alpha: float = 0.7
+    temperature: float = 2.0
+    unlabelled: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature={self.temperature} must be positive")
+        if self.unlabelled and not self.teacher:
+            raise ConfigError("distill.unlabelled needs distill.teacher (--teacher CKPT)")
+
+
 LOCATION_FILTERS = ("off", "drop", "weight")
 
 
@@ -424,6 +451,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     location: LocationConfig = field(default_factory=LocationConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     out_dir: str = "runs/default"
 
     # ---- (de)serialisation

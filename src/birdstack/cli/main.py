@@ -161,6 +161,21 @@ TRAIN_OPTS = [
         "recording's latitude, longitude and date: off | drop | weight",
     ),
     Opt("--location-threshold", "location.threshold", float, "occurrence threshold (0.03)"),
+    Opt(
+        "--teacher",
+        "distill.teacher",
+        str,
+        "distil from this checkpoint's scores (e.g. a BirdNET head); {fold} and {seed} are "
+        "filled in, so each fold gets a teacher that never saw its validation recordings",
+    ),
+    Opt("--distill-alpha", "distill.alpha", float, "weight of the teacher's term (0.7)"),
+    Opt("--distill-temperature", "distill.temperature", float, "softmax temperature (2.0)"),
+    Opt(
+        "--unlabelled",
+        "distill.unlabelled",
+        _csv,
+        "with --teacher: comma-separated folders of unlabelled audio trained on its scores",
+    ),
     Opt("--optimizer", "optim.name", str, "adam | adamw | rmsprop | adagrad | sgd"),
     Opt("--lr", "optim.lr", float, "learning rate (0.001)"),
     Opt("--weight-decay", "optim.weight_decay", float, "weight decay (0.0001)"),

@@ -16,7 +16,7 @@ recording.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -58,10 +58,15 @@ class BirdDataset(Dataset):
         preprocessing: Preprocessing,
         random_crops: int | None = None,
         seed: int = 0,
+        teacher: list[Any] | None = None,
     ) -> None:
         self.records = records.reset_index(drop=True)
         self.pre = preprocessing
         self.seed = seed
+        # distillation: one TeacherTable per record (items then carry the teacher's scores)
+        self.teacher = teacher
+        if teacher is not None and len(teacher) != len(self.records):
+            raise ValueError("one teacher table per record is needed")
         self.files = self.records["cache_file"].astype(str).tolist()
         self.labels = self.records["label_idx"].astype(int).to_numpy()
         self.frames = self.records["frames"].astype(int).to_numpy()
@@ -106,7 +111,19 @@ class BirdDataset(Dataset):
         rng = np.random.default_rng([self.seed, epoch, idx])
         return int(rng.integers(room + 1))
 
-    def __getitem__(self, idx: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    def _teacher_probs(self, i: int, start: int) -> torch.Tensor:
+        """The teacher's scores for item ``(i, start)``: its span, or the whole recording."""
+        assert self.teacher is not None
+        t = self.teacher[i]
+        if self.pre.encoding.kind == "segments":
+            spf = self.pre.seconds_per_frame()
+            a = start * spf
+            p = t.span(a, a + self.pre.input_seconds())
+        else:
+            p = t.probs
+        return torch.as_tensor(np.asarray(p, dtype=np.float32))
+
+    def __getitem__(self, idx: int | tuple[int, int]) -> tuple[Any, ...]:
         epoch = None
         if isinstance(idx, tuple):
             idx, epoch = idx
@@ -124,7 +141,10 @@ class BirdDataset(Dataset):
         else:
             assert enc.target_frames is not None
             x = encode_stacked(np.asarray(db), enc.target_frames, enc.channels, self.top_db)
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), int(self.labels[i]), i
+        x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.teacher is not None:
+            return x_t, int(self.labels[i]), i, self._teacher_probs(i, start)
+        return x_t, int(self.labels[i]), i
 
     @property
     def item_recordings(self) -> np.ndarray:
@@ -172,7 +192,12 @@ class BirdDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         seed: int = 0,
+        teacher: dict[str, Any] | None = None,
+        unlabelled: pd.DataFrame | None = None,
     ) -> None:
+        """``teacher``: recording path -> TeacherTable (distillation; the training items
+        then carry the teacher's scores). ``unlabelled``: extra training records
+        (``cache_file``, ``frames``, ``path``; ``label_idx`` -1) trained on those alone."""
         super().__init__()
         self.prepared = prepared
         self.val_fold = val_fold
@@ -181,12 +206,22 @@ class BirdDataModule(L.LightningDataModule):
         self.seed = seed
         m = prepared.kept
         self.train_records = m[m["fold"] != val_fold].reset_index(drop=True)
+        if unlabelled is not None and len(unlabelled):
+            extra = unlabelled.assign(label_idx=-1)
+            self.train_records = pd.concat([self.train_records, extra], ignore_index=True)
         self.val_records = m[m["fold"] == val_fold].reset_index(drop=True)
         crops = prepared.preprocessing.encoding.train_crops
         if prepared.preprocessing.encoding.kind != "segments":
             crops = None  # a stacked input is the whole recording: there is nothing to crop
+        tables = None
+        if teacher is not None:
+            tables = [teacher[str(p)] for p in self.train_records["path"]]
         self.train_set = BirdDataset(
-            self.train_records, prepared.preprocessing, random_crops=crops, seed=seed
+            self.train_records,
+            prepared.preprocessing,
+            random_crops=crops,
+            seed=seed,
+            teacher=tables,
         )
         self.val_set = BirdDataset(self.val_records, prepared.preprocessing)
 

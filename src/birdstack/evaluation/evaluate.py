@@ -46,21 +46,6 @@ log = get_logger("evaluate")
 BIRDNET_REFERENCE = "birdnet"  # evaluate's name for BirdNET's own scores (no checkpoint)
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if f != f else f
-
-
-def week_48(date: str | None) -> int:
-    """BirdNET's week (1..48, -1 unknown) of an ISO date string."""
-    from birdstack.features.birdnet import week_48 as w
-
-    return w(date)
-
-
 def reference_predictor(
     data: str | os.PathLike[str],
     manifest: str | os.PathLike[str] | None = None,
@@ -272,10 +257,12 @@ def evaluate_checkpoint(
         db = np.load(entry.cache_file)
         kept.append(i)
         if location != "off":
+            from birdstack.features.birdnet import as_float, week_48
+
             r = rows.loc[i]
             pred.set_location(
-                _num(r.get("latitude")),
-                _num(r.get("longitude")),
+                as_float(r.get("latitude")),
+                as_float(r.get("longitude")),
                 week_48(r.get("date") if isinstance(r.get("date"), str) else None),
                 location,
                 location_threshold,

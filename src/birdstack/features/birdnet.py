@@ -492,8 +492,18 @@ def location_factors(
     return LocationPrior(f, occ)
 
 
-def _isnan(v: float) -> bool:
+def as_float(v: object) -> float | None:
+    """A coordinate from a metadata cell: a number, or ``None`` (empty, NaN, not a number).
+
+    >>> as_float("52.6"), as_float(float("nan")), as_float(""), as_float(None)
+    (52.6, None, None, None)
+    """
     try:
-        return math.isnan(float(v))
+        f = float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return True
+        return None
+    return None if math.isnan(f) else f
+
+
+def _isnan(v: float) -> bool:
+    return as_float(v) is None

@@ -753,14 +753,26 @@ class Predictor:
         )
         starts, wprobs = res["win"]
         b, e = window_times(starts, length, scorer.n_frames, self.seconds_per_frame, duration)
+        return self._prediction(file, duration, self.pool(res["rec"][1]), b, e, wprobs)
+
+    def _prediction(
+        self,
+        file: str,
+        duration: float,
+        probs: np.ndarray,
+        starts_s: list[float],
+        ends_s: list[float],
+        window_probs: np.ndarray,
+    ) -> Prediction:
+        """A :class:`Prediction`, with the location filter applied when it is on."""
         return Prediction(
             file=file,
             duration_s=float(duration),
             classes=self.classes,
-            probs=self.apply_location(self.pool(res["rec"][1])),
-            starts_s=np.asarray(b, dtype=np.float64),
-            ends_s=np.asarray(e, dtype=np.float64),
-            window_probs=self.apply_location(wprobs),
+            probs=self.apply_location(probs),
+            starts_s=np.asarray(starts_s, dtype=np.float64),
+            ends_s=np.asarray(ends_s, dtype=np.float64),
+            window_probs=self.apply_location(window_probs),
         )
 
     def _score_birdnet(
@@ -800,15 +812,7 @@ class Predictor:
         b, e = window_times(
             starts, 1, feats.shape[1], spf, duration, self.preprocessing.input_seconds()
         )
-        return Prediction(
-            file=file,
-            duration_s=float(duration),
-            classes=self.classes,
-            probs=self.apply_location(rec),
-            starts_s=np.asarray(b, dtype=np.float64),
-            ends_s=np.asarray(e, dtype=np.float64),
-            window_probs=self.apply_location(wprobs),
-        )
+        return self._prediction(file, duration, rec, b, e, wprobs)
 
     # ---------------------------------------------------------------- audio in
     def frame_chunks(

@@ -14,9 +14,9 @@ Each model input is one 3 s window's BirdNET output, ``[embedding 1024 | logits
 * ``birdnet_scores``: BirdNET's own logits for the mapped classes and nothing to
   train (unmapped classes get a logit of -30). It is the no-training reference row.
 
-The standardisation is a ``BatchNorm1d`` without affine parameters: its running
-mean and variance are the training windows' (use ``--precise-bn`` to compute them
-exactly).
+The embedding is standardised with the mean and variance of all training inputs
+(:class:`Standardize`), the same in training and evaluation, as a logistic regression
+on ``StandardScaler``-ed features would be.
 
     >>> net = create_model("birdnet_fused", num_classes=3, in_chans=FEATURE_DIM,
     ...                    class_map=[5, -1, 7])
@@ -44,12 +44,54 @@ MLP_HIDDEN = 512
 __all__ = ["MappedScores", "create_model"]
 
 
+class Standardize(nn.Module):
+    """Per-feature standardisation with the mean and variance of every training input seen.
+
+    Unlike BatchNorm, training and evaluation normalise alike: in training mode each
+    batch first updates the cumulative mean and variance (Chan et al.'s parallel
+    update, no gradient), then every input is standardised with them. After one
+    epoch they are the training set's own statistics, as a scikit-learn
+    ``StandardScaler`` would fit them, and they are saved in the checkpoint.
+
+    >>> s = Standardize(2); _ = s(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    >>> s.eval()(torch.tensor([[1.0, 2.0]]))
+    tensor([[0., 0.]])
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def _update(self, x: torch.Tensor) -> None:
+        x = x.detach().to(torch.float64)
+        n_b = float(x.shape[0])
+        mean_b = x.mean(0)
+        m2_b = ((x - mean_b) ** 2).sum(0)
+        n = float(self.count)
+        delta = mean_b - self.mean
+        total = n + n_b
+        self.mean += delta * (n_b / total)
+        self.m2 += m2_b + delta**2 * (n * n_b / total)
+        self.count += n_b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] > 0:
+            self._update(x)
+        var = self.m2 / torch.clamp(self.count - 1, min=1.0)
+        scale = torch.rsqrt(var + self.eps).to(x.dtype)
+        return (x - self.mean.to(x.dtype)) * scale
+
+
 class Embedding(nn.Module):
     """``[B, 7546]`` BirdNET window -> its standardised 1024-d embedding."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm1d(EMBED_DIM, affine=False)
+        self.norm = Standardize(EMBED_DIM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x[:, :EMBED_DIM])

@@ -20,8 +20,8 @@ An experiment file is small and readable::
       figures_by: [optim.lr]     # one curves figure per value (default: one figure)
       reference: {optim.name: adam}  # paired differences against this variant of each
                                      # figure group (default: the group's first variant)
-      epoch: last                # compare each run's last epoch (default best: the
-                                 # epoch of lowest val/loss, chosen on the validation fold)
+      epoch: last                # compare each run's last epoch (default best: the epoch
+                                 # of highest val/rec_f1_macro, chosen on the validation fold)
 
 Every run gets its own folder ``OUT/runs/<variant>__fold<k>__seed<s>/`` (its
 ``out_dir``). Starting the sweep again skips finished runs (``result.json``
@@ -225,7 +225,7 @@ def experiment_from_dict(data: dict[str, Any], path: Path | None = None) -> Expe
 def _epoch_rule(value: Any, where: str) -> str:
     if value not in ("best", "last"):
         raise ConfigError(
-            f"{where}: compare.epoch={value!r}: use 'best' (lowest val/loss) or 'last'"
+            f"{where}: compare.epoch={value!r}: use 'best' (highest val/rec_f1_macro) or 'last'"
         )
     return str(value)
 

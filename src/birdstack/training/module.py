@@ -7,10 +7,11 @@
     ['a', 'b', 'c']
 
 Metrics are torchmetrics objects logged as ``train/loss``, ``train/acc``,
-``val/loss``, ``val/acc``, ``val/f1_macro`` (and, for ``segments`` inputs,
-recording-level ``val/rec_acc`` and ``val/rec_f1_macro`` from pooled window
-probabilities). Every checkpoint Lightning writes also carries a ``birdstack``
-block (model spec, classes, preprocessing, config) so it can predict on its own.
+``val/loss``, ``val/acc``, ``val/f1_macro`` and the recording-level ``val/rec_acc`` and
+``val/rec_f1_macro`` (window probabilities pooled per recording for ``segments``;
+the location filter applied when it is on). Every checkpoint Lightning writes also
+carries a ``birdstack`` block (model spec, classes, preprocessing, config) so it can
+predict on its own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from birdstack.config import ConfigError, OptimConfig
+from birdstack.config import ConfigError, DistillConfig, OptimConfig
 from birdstack.utils import BirdstackError
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "sgd")
@@ -63,10 +64,13 @@ class BirdClassifier(L.LightningModule):
         meta: dict[str, Any] | None = None,
         seed: int = 0,
         pool: str = "mean",
+        distill: DistillConfig | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.pool = pool
+        # with a teacher, training batches carry its scores: (x, y, rec, teacher_probs)
+        self.distill = distill if distill is not None and distill.teacher else None
         # per validation recording and class: the location filter's factors (None: off)
         self.val_factors: torch.Tensor | None = None
         self.optim_cfg = optim
@@ -100,10 +104,18 @@ class BirdClassifier(L.LightningModule):
         torch.manual_seed(self.seed * 1_000_003 + self.current_epoch * 101 + self.global_rank)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
+        x, y = batch[0], batch[1]
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.train_metrics.update(logits, y)
+        if self.distill is not None and len(batch) == 4:
+            from birdstack.training.distill import distillation_loss
+
+            d = self.distill
+            loss = distillation_loss(logits, y, batch[3], d.alpha, d.temperature)
+        else:
+            loss = F.cross_entropy(logits, y)
+        labelled = y >= 0  # unlabelled audio (distillation) has no label to score
+        if labelled.any():
+            self.train_metrics.update(logits[labelled], y[labelled])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 

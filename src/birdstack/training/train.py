@@ -252,6 +252,10 @@ def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
         from birdstack.features.birdnet import ATTRIBUTION, identity
 
         meta["backbone"] = {**identity(prepared.preprocessing.birdnet), "credit": ATTRIBUTION}
+    if cfg.distill.teacher:
+        from birdstack.training.distill import describe_teacher
+
+        meta["teacher"] = describe_teacher(teacher_path(cfg))
     return BirdClassifier(
         net,
         cfg.optim,
@@ -259,7 +263,90 @@ def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
         meta=meta,
         seed=cfg.trainer.seed,
         pool=prepared.preprocessing.encoding.pool,
+        distill=cfg.distill,
     )
+
+
+def teacher_path(cfg: Config) -> str:
+    """``distill.teacher`` with ``{fold}`` / ``{seed}`` filled in (one teacher per fold)."""
+    t = str(cfg.distill.teacher)
+    return t.format(fold=cfg.data.val_fold, seed=cfg.trainer.seed) if "{" in t else t
+
+
+def check_teacher_leakage(teacher: str, val_paths: pd.Series) -> None:
+    """Refuse a teacher whose run trained on this run's validation recordings.
+
+    The teacher's run folder (``<run>/checkpoints/x.ckpt`` -> ``<run>/data/manifest.csv``)
+    says which recordings it trained on; a teacher that saw them would hand their
+    labels to the student. Files are compared by content (SHA-1).
+    """
+    from birdstack.utils import file_sha1
+
+    manifest = Path(teacher).resolve().parent.parent / "data" / "manifest.csv"
+    if not manifest.is_file():
+        log.warning(
+            "teacher %s has no run manifest beside it: cannot check that it never trained on "
+            "this run's validation recordings",
+            teacher,
+        )
+        return
+    tm = pd.read_csv(manifest)
+    trained = tm.loc[~tm["dropped"].astype(bool) & (tm["split"] == "train"), "path"]
+    seen = {file_sha1(p) for p in trained if Path(p).is_file()}
+    leaked = [p for p in val_paths if file_sha1(p) in seen]
+    if leaked:
+        raise ConfigError(
+            f"teacher {teacher} was trained on {len(leaked)} of this run's {len(val_paths)} "
+            f"validation recordings (e.g. {Path(leaked[0]).name}); its scores would leak their "
+            "labels. Use a teacher trained without this validation fold, e.g. "
+            "--teacher 'RUNS/fused__fold{fold}__seed0/checkpoints/last.ckpt'"
+        )
+
+
+def distillation_inputs(
+    cfg: Config, prepared: PreparedData
+) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+    """The teacher's scores for every training recording (and the unlabelled audio).
+
+    Returns ``(path -> TeacherTable, unlabelled records)``, or ``(None, None)`` without
+    ``distill.teacher``. The unlabelled audio's features come from the run's own cache.
+    """
+    d = cfg.distill
+    if not d.teacher:
+        return None, None
+    from birdstack.data.prepare import default_cache_dir
+    from birdstack.features.cache import FeatureCache
+    from birdstack.training.distill import Teacher, unlabelled_files
+
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    ckpt = teacher_path(cfg)
+    m = prepared.kept
+    paths = m.loc[m["fold"] != cfg.data.val_fold, "path"].astype(str).tolist()
+    check_teacher_leakage(ckpt, m.loc[m["fold"] == cfg.data.val_fold, "path"].astype(str))
+    teacher = Teacher(ckpt, prepared.classes, root)
+    unlabelled = None
+    if d.unlabelled:
+        files = unlabelled_files(d.unlabelled)
+        cache = FeatureCache.for_preprocessing(root, prepared.preprocessing)
+        res = cache.compute_many(files, workers=cfg.data.workers, progress=cfg.trainer.progress)
+        for e in res.failed:
+            log.warning("unlabelled audio skipped: %s", e.error)
+        unlabelled = pd.DataFrame(
+            [
+                {
+                    "path": str(e.path),
+                    "cache_file": str(e.cache_file),
+                    "frames": int(e.frames),
+                    "primary_label": "",
+                    "fold": -1,
+                }
+                for e in res.ok
+            ]
+        )
+        paths += unlabelled["path"].tolist()
+        log.info("distillation: %d unlabelled recording(s) added", len(unlabelled))
+    tables = teacher.tables(paths, progress=cfg.trainer.progress)
+    return dict(zip(paths, tables)), unlabelled
 
 
 def location_factors_for(
@@ -268,11 +355,11 @@ def location_factors_for(
     """``[n_records, K]`` location-filter factors from each recording's place and date."""
     if cfg.location.filter == "off" or class_map is None:
         return None
-    from birdstack.features.birdnet import location_factors, week_48
+    from birdstack.features.birdnet import as_float, location_factors, week_48
 
     rows = []
     for _, r in records.iterrows():
-        lat, lon = _float_or_none(r.get("latitude")), _float_or_none(r.get("longitude"))
+        lat, lon = as_float(r.get("latitude")), as_float(r.get("longitude"))
         date = r.get("date")
         prior = location_factors(
             class_map,
@@ -285,14 +372,6 @@ def location_factors_for(
         )
         rows.append(prior.factors)
     return torch.from_numpy(np.stack(rows)) if rows else None
-
-
-def _float_or_none(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if f != f else f
 
 
 def train(cfg: Config, resume: bool = False) -> TrainResult:
@@ -318,12 +397,15 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     prepared = prepare(cfg.data, cfg.preprocessing, run_dir / "data", progress=cfg.trainer.progress)
+    teacher, unlabelled = distillation_inputs(cfg, prepared)
     dm = BirdDataModule(
         prepared,
         val_fold=cfg.data.val_fold,
         batch_size=cfg.trainer.batch_size,
         num_workers=cfg.trainer.num_workers,
         seed=cfg.trainer.seed,
+        teacher=teacher,
+        unlabelled=unlabelled,
     )
     if len(dm.train_set) == 0 or len(dm.val_set) == 0:
         raise ConfigError(
@@ -404,7 +486,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     # the module's history comes from the checkpoints (whole even after a kill); the CSV
     # logs are the fallback
     history = history_frame(module.history) if module.history else epoch_history(log_dir)
-    n_params = sum(p.numel() for p in module.net.parameters())
+    n_params = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     best = _best_row(history)
     result = TrainResult(
         run_dir=run_dir,

