@@ -91,6 +91,7 @@ class BirdDataset(Dataset):
         else:
             self.items = [(i, 0) for i in range(len(self.records))]
         self._cache: dict[int, np.ndarray] = {}
+        self._pooled: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -132,8 +133,10 @@ class BirdDataset(Dataset):
             start = self._random_start(i, idx, epoch)
         db = self._db(i)
         enc = self.pre.encoding
-        if self.pre.is_birdnet and enc.kind == "pooled":  # the whole recording, pooled
-            x = pool_windows(db)
+        if self.pre.is_birdnet and enc.kind == "pooled":  # the whole recording, pooled once
+            if i not in self._pooled:
+                self._pooled[i] = pool_windows(db)
+            x = self._pooled[i]
         elif self.pre.is_birdnet:  # one BirdNET window: its embedding and logits, as they are
             x = np.array(db[:, start], dtype=np.float32)
         elif enc.kind == "segments":

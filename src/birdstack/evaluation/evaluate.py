@@ -215,6 +215,7 @@ def evaluate_checkpoint(
     recording's own ``latitude``, ``longitude`` and ``date``.
     """
     from birdstack.data.prepare import default_cache_dir
+    from birdstack.features.birdnet import as_float, week_48
     from birdstack.features.cache import FeatureCache
     from birdstack.inference.predictor import Predictor
 
@@ -257,8 +258,6 @@ def evaluate_checkpoint(
         db = np.load(entry.cache_file)
         kept.append(i)
         if location != "off":
-            from birdstack.features.birdnet import as_float, week_48
-
             r = rows.loc[i]
             pred.set_location(
                 as_float(r.get("latitude")),

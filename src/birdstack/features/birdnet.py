@@ -199,7 +199,9 @@ class BirdnetModel:
         self.path = model_path(cfg.model_file)
         self.identity = check_identity(cfg, "the features")
         Interpreter = _interpreter_class()  # noqa: N806
-        n = threads or cfg.threads or _cpus()
+        from birdstack.features.cache import default_workers
+
+        n = threads or cfg.threads or default_workers()
         self.threads = int(n)
         content = _model_bytes(str(self.path), self.identity["sha256"])
         self.interpreter = Interpreter(model_content=content, num_threads=self.threads)
@@ -239,13 +241,6 @@ class BirdnetModel:
             out[:EMBED_DIM, i : i + len(emb)] = emb.T
             out[EMBED_DIM:, i : i + len(emb)] = logits.T
         return out
-
-
-def _cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 _LOCAL = threading.local()
@@ -476,9 +471,10 @@ def location_factors(
     k = len(class_map)
     ones = np.ones(k, dtype=np.float32)
     occ = np.full(k, np.nan, dtype=np.float32)
-    if mode == "off" or lat is None or lon is None or _isnan(lat) or _isnan(lon):
+    lat, lon = as_float(lat), as_float(lon)
+    if mode == "off" or lat is None or lon is None:
         return LocationPrior(ones, occ)
-    scores = get_meta_model(model_file).occurrence(float(lat), float(lon), int(week))
+    scores = get_meta_model(model_file).occurrence(lat, lon, int(week))
     idx = np.asarray(class_map, dtype=np.int64)
     mapped = idx >= 0
     occ[mapped] = scores[idx[mapped]]
@@ -503,7 +499,3 @@ def as_float(v: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(f) else f
-
-
-def _isnan(v: float) -> bool:
-    return as_float(v) is None
