@@ -371,8 +371,10 @@ class TrainerConfig:
     precision: str = "32-true"
     early_stopping_patience: int | None = None
     # recompute BatchNorm running statistics over the training set before every
-    # validation (and so in every checkpoint) instead of trusting their moving average
-    precise_bn: bool = False
+    # validation (and so in every checkpoint) instead of trusting their moving average;
+    # on by default: with few steps per epoch the averages lag and the network predicts
+    # one class for many epochs (the study's runs set it false explicitly)
+    precise_bn: bool = True
     num_workers: int = 0
     deterministic: bool = True
     progress: bool = True

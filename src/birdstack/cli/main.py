@@ -193,9 +193,18 @@ TRAIN_OPTS = [
         "--precise-bn",
         "trainer.precise_bn",
         None,
-        "recompute BatchNorm statistics over the training set before each validation",
+        "recompute BatchNorm statistics over the training set before each validation "
+        "(the default)",
         "store_const",
         True,
+    ),
+    Opt(
+        "--no-precise-bn",
+        "trainer.precise_bn",
+        None,
+        "keep BatchNorm's running averages (the study's setting)",
+        "store_const",
+        False,
     ),
     Opt("--out", "out_dir", str, "run folder"),
 ]
