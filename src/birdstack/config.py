@@ -289,6 +289,15 @@ class DataConfig:
     at the smallest class count. Splits are stratified by species and grouped by
     recording session (author + date when known).
 
+    ``negatives``: folders of audio with no target species (field background, a
+    user's empty recordings), added to every fold as all-negative examples
+    (``task.kind=multilabel`` only).
+
+    ``group_by``: what one fold keeps together: the recording ``session`` (author +
+    date), or ``file_block``: blocks of ``block_size`` consecutive file numbers (the
+    last number in each file's name), for collections such as NIPS4B that cut long
+    recordings into numbered short files and have no session information.
+
     ``min_class_recordings``: after all the rules, every selected class must keep at
     least this many recordings, else :func:`birdstack.data.prepare.prepare` stops and
     says which rule removed how many (``0``: no check; a class left with none is then
@@ -308,8 +317,15 @@ class DataConfig:
     cache_dir: str | None = None
     workers: int = 0
     min_class_recordings: int = 5
+    negatives: tuple[str, ...] = ()
+    group_by: Literal["session", "file_block"] = "session"
+    block_size: int = 25
 
     def __post_init__(self) -> None:
+        if self.group_by not in ("session", "file_block"):
+            raise ConfigError(f"data.group_by={self.group_by!r}: use 'session' or 'file_block'")
+        if self.block_size < 1:
+            raise ConfigError(f"data.block_size={self.block_size} must be >= 1")
         if self.min_class_recordings < 0:
             raise ConfigError(
                 f"data.min_class_recordings={self.min_class_recordings}: use 0 (no check) or more"
@@ -414,6 +430,57 @@ class DistillConfig:
             raise ConfigError("distill.unlabelled needs distill.teacher (--teacher CKPT)")
 
 
+TASKS = ("multiclass", "multilabel")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What is predicted: one species per recording, or any number per window.
+
+    ``multiclass`` (the study's): one label per recording, softmax, cross-entropy.
+    ``multilabel``: every species present is a target; sigmoid outputs, ``loss`` =
+    ``bce`` or ``focal`` (``focal_gamma``). A focal recording's primary label is a
+    target of 1 and each secondary label one of ``secondary_weight`` (0: ignored). An
+    annotated soundscape's windows get the species of the events they overlap (see
+    :func:`birdstack.data.annotations.window_targets`): an event counts for a window
+    when their overlap is at least ``min(min_overlap_s, min_overlap_frac x the
+    event's length)`` seconds (and more than 0). Clips without any target species
+    (``data.negatives``, empty soundscapes) are all-negative examples.
+
+    ``threshold``: the score above which ``predict`` reports a species, for classes
+    whose own threshold could not be chosen; with ``tune_thresholds`` every class
+    with a positive validation window gets the threshold of its highest F1 there,
+    stored in the checkpoint.
+    """
+
+    kind: Literal["multiclass", "multilabel"] = "multiclass"
+    loss: Literal["bce", "focal"] = "bce"
+    focal_gamma: float = 2.0
+    secondary_weight: float = 0.5
+    min_overlap_s: float = 0.1
+    min_overlap_frac: float = 0.5
+    threshold: float = 0.5
+    tune_thresholds: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASKS:
+            raise ConfigError(f"task.kind={self.kind!r}: use one of {', '.join(TASKS)}")
+        if self.loss not in ("bce", "focal"):
+            raise ConfigError(f"task.loss={self.loss!r}: use 'bce' or 'focal'")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"task.focal_gamma={self.focal_gamma} must be >= 0")
+        if not 0 <= self.secondary_weight <= 1:
+            raise ConfigError(f"task.secondary_weight={self.secondary_weight} must be in [0, 1]")
+        if self.min_overlap_s < 0 or not 0 < self.min_overlap_frac <= 1:
+            raise ConfigError("task.min_overlap_s must be >= 0 and task.min_overlap_frac in (0, 1]")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"task.threshold={self.threshold} must be in (0, 1)")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.kind == "multilabel"
+
+
 LOCATION_FILTERS = ("off", "drop", "weight")
 
 
@@ -454,6 +521,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     location: LocationConfig = field(default_factory=LocationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     out_dir: str = "runs/default"
 
     # ---- (de)serialisation

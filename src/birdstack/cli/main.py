@@ -53,7 +53,8 @@ DATA_OPTS = [
     Opt(
         "--data",
         "data.path",
-        help="BirdCLEF-style folder (train_metadata.csv) or folder-per-species",
+        help="BirdCLEF-style folder (train_metadata.csv), folder-per-species, or annotated "
+        "soundscapes (annotations.csv or Raven tables beside the audio)",
     ),
     Opt("--top-k", "data.top_k", int, "keep the K species with most recordings (study: 6)"),
     Opt(
@@ -62,7 +63,36 @@ DATA_OPTS = [
         _csv,
         "explicit comma-separated species list (overrides --top-k)",
     ),
+    Opt(
+        "--all-species",
+        "data.top_k",
+        None,
+        "keep every species (with --min-recordings), not the top K",
+        "store_const",
+        "all",
+    ),
     Opt("--min-recordings", "data.min_recordings", int, "only species with at least this many"),
+    Opt(
+        "--task",
+        "task.kind",
+        str,
+        "multiclass (one species per recording, softmax) | multilabel (every species present, "
+        "sigmoid; annotated soundscapes, secondary labels, empty clips)",
+    ),
+    Opt(
+        "--negatives",
+        "data.negatives",
+        _csv,
+        "multilabel: comma-separated folders of clips with no target species (all-negative)",
+    ),
+    Opt(
+        "--group-by",
+        "data.group_by",
+        str,
+        "what a fold keeps together: session (author + date) | file_block (blocks of "
+        "--block-size consecutive file numbers, e.g. NIPS4B)",
+    ),
+    Opt("--block-size", "data.block_size", int, "file_block: file numbers per block (25)"),
     Opt(
         "--min-class-recordings",
         "data.min_class_recordings",
@@ -176,6 +206,19 @@ TRAIN_OPTS = [
         _csv,
         "with --teacher: comma-separated folders of unlabelled audio trained on its scores",
     ),
+    Opt("--loss", "task.loss", str, "multilabel: bce | focal"),
+    Opt(
+        "--secondary-weight",
+        "task.secondary_weight",
+        float,
+        "multilabel: target of a focal recording's secondary labels (0.5)",
+    ),
+    Opt(
+        "--min-overlap-s",
+        "task.min_overlap_s",
+        float,
+        "multilabel: seconds an event must overlap a window to label it (0.1, or half the event)",
+    ),
     Opt("--optimizer", "optim.name", str, "adam | adamw | rmsprop | adagrad | sgd"),
     Opt("--lr", "optim.lr", float, "learning rate (0.001)"),
     Opt("--weight-decay", "optim.weight_decay", float, "weight decay (0.0001)"),
@@ -193,8 +236,7 @@ TRAIN_OPTS = [
         "--precise-bn",
         "trainer.precise_bn",
         None,
-        "recompute BatchNorm statistics over the training set before each validation "
-        "(the default)",
+        "recompute BatchNorm statistics over the training set before each validation (the default)",
         "store_const",
         True,
     ),
@@ -230,6 +272,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
             flags[name[5:].replace("__", ".")] = value
     if flags.get("model.weights"):
         flags["model.pretrained"] = True
+    if flags.get("data.top_k") == "all":  # --all-species
+        flags["data.top_k"] = None
     cfg = cfg.override(flags)
     return cfg.override(list(getattr(args, "set", None) or []))
 

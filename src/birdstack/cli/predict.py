@@ -43,7 +43,13 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "paths", nargs="+", metavar="PATH", help="audio files and/or folders (recursive)"
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--top-k", type=int, default=3, help="species per window / recording (3)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        help="species per window / recording (3); a multi-label checkpoint reports every "
+        "species above its stored threshold in each window instead",
+    )
     p.add_argument("--window-s", type=float, default=None, help="window length (model's span)")
     p.add_argument("--hop-s", type=float, default=None, help="hop between windows (half a window)")
     p.add_argument(
@@ -332,6 +338,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         fmin=0.0 if pre.is_birdnet else pre.spectrogram.fmin,
         fmax=15000.0 if pre.is_birdnet else pre.spectrogram.fmax,
         formats=tuple(dict.fromkeys(args.format)),
+        # a multi-label checkpoint reports every species above its stored threshold
+        thresholds=tuple(float(t) for t in predictor.thresholds)
+        if predictor.thresholds is not None
+        else None,
     )
     table, length = predictor.table_rule(args.window_s, args.hop_s)
     spf = predictor.seconds_per_frame

@@ -15,6 +15,7 @@ recording.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from birdstack.config import Preprocessing
+from birdstack.config import Preprocessing, TaskConfig
 from birdstack.features.birdnet import pool_windows
 from birdstack.features.encoding import encode_segment, encode_stacked, segment_starts
 
@@ -37,6 +38,59 @@ def _load_db(path: str) -> np.ndarray:
 
 
 RANDOM_START = -1  # an item whose window start is drawn when it is served
+
+
+class MultiLabelTargets:
+    """Multi-label targets (``task.kind=multilabel``) of a manifest's records.
+
+    A focal recording's target is its primary label (1) and secondary labels
+    (``task.secondary_weight``) for every window; an annotated soundscape's window
+    gets the species of the events it overlaps (:func:`~birdstack.data.annotations.
+    window_targets`), and a whole-recording input (``stacked``, ``pooled``) every
+    species of the clip; a negative clip is all zeros.
+    """
+
+    def __init__(
+        self, records: pd.DataFrame, classes: list[str], task: TaskConfig, pre: Preprocessing
+    ) -> None:
+        from birdstack.data.annotations import has_events, parse_events
+
+        self.classes, self.task, self.pre = list(classes), task, pre
+        index = {c: i for i, c in enumerate(self.classes)}
+        k = len(self.classes)
+        self.weak = np.zeros((len(records), k), dtype=np.float32)
+        self.events: list[pd.DataFrame | None] = []
+        for r, (_, row) in enumerate(records.iterrows()):
+            ev = row.get("events")
+            labels = json.loads(row["labels"]) if isinstance(row.get("labels"), str) else []
+            if has_events(ev):
+                self.events.append(parse_events(ev))
+                for lab in labels:
+                    self.weak[r, index[lab]] = 1.0
+                continue
+            self.events.append(None)
+            for lab in labels:
+                if lab in index:
+                    self.weak[r, index[lab]] = task.secondary_weight
+            if str(row.get("primary_label", "")) in index:
+                self.weak[r, index[str(row["primary_label"])]] = 1.0
+
+    def __call__(self, i: int, start_frame: int) -> np.ndarray:
+        ev = self.events[i]
+        if ev is None or self.pre.encoding.kind not in ("segments",):
+            return self.weak[i]
+        from birdstack.data.annotations import window_targets
+
+        start_s = start_frame * self.pre.seconds_per_frame()
+        t = self.task
+        return window_targets(
+            ev,
+            [start_s],
+            self.pre.input_seconds(),
+            self.classes,
+            t.min_overlap_s,
+            t.min_overlap_frac,
+        )[0]
 
 
 class BirdDataset(Dataset):
@@ -59,10 +113,13 @@ class BirdDataset(Dataset):
         random_crops: int | None = None,
         seed: int = 0,
         teacher: list[Any] | None = None,
+        targets: MultiLabelTargets | None = None,
     ) -> None:
         self.records = records.reset_index(drop=True)
         self.pre = preprocessing
         self.seed = seed
+        # multi-label: the item's target is a float vector of the classes (else its label)
+        self.targets = targets
         # distillation: one TeacherTable per record (items then carry the teacher's scores)
         self.teacher = teacher
         if teacher is not None and len(teacher) != len(self.records):
@@ -145,9 +202,12 @@ class BirdDataset(Dataset):
             assert enc.target_frames is not None
             x = encode_stacked(np.asarray(db), enc.target_frames, enc.channels, self.top_db)
         x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        y: Any = int(self.labels[i])
+        if self.targets is not None:
+            y = torch.from_numpy(np.array(self.targets(i, start), dtype=np.float32))
         if self.teacher is not None:
-            return x_t, int(self.labels[i]), i, self._teacher_probs(i, start)
-        return x_t, int(self.labels[i]), i
+            return x_t, y, i, self._teacher_probs(i, start)
+        return x_t, y, i
 
     @property
     def item_recordings(self) -> np.ndarray:
@@ -197,6 +257,7 @@ class BirdDataModule(L.LightningDataModule):
         seed: int = 0,
         teacher: dict[str, Any] | None = None,
         unlabelled: pd.DataFrame | None = None,
+        task: TaskConfig | None = None,
     ) -> None:
         """``teacher``: recording path -> TeacherTable (distillation; the training items
         then carry the teacher's scores). ``unlabelled``: extra training records
@@ -219,14 +280,24 @@ class BirdDataModule(L.LightningDataModule):
         tables = None
         if teacher is not None:
             tables = [teacher[str(p)] for p in self.train_records["path"]]
+        pre = prepared.preprocessing
+        multilabel = task is not None and task.multilabel
+
+        def targets(records: pd.DataFrame) -> MultiLabelTargets | None:
+            if not multilabel:
+                return None
+            assert task is not None
+            return MultiLabelTargets(records.reset_index(drop=True), prepared.classes, task, pre)
+
         self.train_set = BirdDataset(
             self.train_records,
-            prepared.preprocessing,
+            pre,
             random_crops=crops,
             seed=seed,
             teacher=tables,
+            targets=targets(self.train_records),
         )
-        self.val_set = BirdDataset(self.val_records, prepared.preprocessing)
+        self.val_set = BirdDataset(self.val_records, pre, targets=targets(self.val_records))
 
     def _loader(self, ds: BirdDataset, train: bool) -> DataLoader:
         sampler = None

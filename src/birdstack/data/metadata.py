@@ -1,6 +1,6 @@
 """Read recording metadata into one normalised table.
 
-Three layouts are accepted by :func:`load_metadata`:
+Four layouts are accepted by :func:`load_metadata`:
 
 1. a BirdCLEF-style folder: ``train_metadata.csv`` plus the audio under ``train_audio/``
    (or ``train_short_audio/``); ``filename`` is resolved against ``train_audio/``, then
@@ -10,7 +10,10 @@ Three layouts are accepted by :func:`load_metadata`:
 3. a plain folder-per-species tree ``<root>/<species>/**/<file>.ogg`` (also ``mp3``,
    ``wav``, ``flac``, ...): the label is the name of the top-level folder, files may sit
    at any depth below it; author and date are unknown. A folder holding only
-   ``train_audio/<species>/...`` (no CSV) is read as a tree rooted at ``train_audio``.
+   ``train_audio/<species>/...`` (no CSV) is read as a tree rooted at ``train_audio``;
+4. annotated soundscapes: a folder with ``annotations.csv`` (``filename,start_s,end_s,
+   label[,taxon]``) or Raven Pro selection tables beside the audio: one row per audio
+   file, its events in an ``events`` column (:mod:`birdstack.data.annotations`).
 
 The result has one row per recording with the columns ``rec_id`` (unique: the file's
 path relative to the audio root, POSIX separators, without extension, e.g.
@@ -93,6 +96,10 @@ def load_metadata(path: str | os.PathLike[str], encoding: str = "utf-8") -> pd.D
         raise BadInputError(root, "no such file or folder (give a data folder or its CSV file)")
     if (root / METADATA_CSV).is_file():
         return _load_csv(root / METADATA_CSV, encoding)
+    from birdstack.data.annotations import is_soundscape_folder, load_soundscapes
+
+    if is_soundscape_folder(root):  # 4. annotated soundscapes (annotations.csv / Raven tables)
+        return load_soundscapes(root)
     for name in AUDIO_DIRS:
         if (root / name).is_dir():
             return _load_tree(root / name)

@@ -34,7 +34,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from birdstack.config import ConfigError, DataConfig, Preprocessing, to_dict
+from birdstack.config import ConfigError, DataConfig, Preprocessing, TaskConfig, to_dict
 from birdstack.data.metadata import load_metadata, split_missing
 from birdstack.data.selection import (
     balance,
@@ -126,16 +126,87 @@ def _drop(df: pd.DataFrame, mask: pd.Series, reason: str | pd.Series) -> None:
     df.loc[sel, "drop_reason"] = reason if isinstance(reason, str) else reason[sel]
 
 
+def row_labels(df: pd.DataFrame) -> pd.Series:
+    """Every row's species (multi-label): a soundscape's event species, else primary +
+    secondary labels."""
+    from birdstack.data.annotations import has_events, parse_events, target_labels
+
+    out = []
+    for _, r in df.iterrows():
+        if has_events(r.get("events")):
+            out.append(target_labels(parse_events(r["events"])))
+        else:
+            sec = r.get("secondary_labels")
+            sec = list(sec) if isinstance(sec, (list, tuple)) else []
+            prim = [str(r["primary_label"])] if str(r["primary_label"]) else []
+            out.append(list(dict.fromkeys(prim + [str(x) for x in sec])))
+    return pd.Series(out, index=df.index, dtype=object)
+
+
+def _select_multilabel(df: pd.DataFrame, data: DataConfig) -> list[str]:
+    """Multi-label species selection: labels ranked by the recordings they occur in.
+
+    Focal recordings (no events) of species outside the selection are dropped as in
+    the single-label task; soundscapes and negatives stay (their other species are
+    simply not targets).
+    """
+    live = df[~df["dropped"]]
+    exploded = pd.DataFrame(
+        {"primary_label": [lab for labs in live["labels"] for lab in dict.fromkeys(labs)]}
+    )
+    if exploded.empty:
+        raise ConfigError(f"{data.path}: no species labels found in the data")
+    classes = select_species(
+        exploded, top_k=data.top_k, species=data.species, min_recordings=data.min_recordings
+    )
+    focal = ~df["is_soundscape"] & ~df["negative"]
+    _drop(df, focal & ~df["primary_label"].isin(classes), "species not selected")
+    return classes
+
+
+def _check_multilabel_sizes(df: pd.DataFrame, classes: list[str], minimum: int) -> None:
+    """Every selected class must occur in ``minimum`` kept recordings (multi-label)."""
+    if minimum <= 0:
+        return
+    live = df[~df["dropped"]]
+    short = [
+        (c, n) for c in classes if (n := int(sum(c in labs for labs in live["labels"]))) < minimum
+    ]
+    if short:
+        raise ConfigError(
+            f"too few recordings left: {', '.join(f'{c} ({n})' for c, n in short)} occur in "
+            f"fewer than {minimum} recordings (data.min_class_recordings); select fewer "
+            "species (--top-k, --species) or accept fewer with --min-class-recordings N"
+        )
+
+
 def prepare(
     data: DataConfig,
     preprocessing: Preprocessing,
     out_dir: str | Path | None = None,
     progress: bool = True,
     console: Console | None = None,
+    task: TaskConfig | None = None,
 ) -> PreparedData:
-    """Apply the selection rules, compute (or reuse) features, split; write the manifest."""
+    """Apply the selection rules, compute (or reuse) features, split; write the manifest.
+
+    With ``task.kind=multilabel`` the rules differ: species are ranked by the
+    recordings they occur in (primary, secondary or event labels), secondary labels
+    are targets (rule 3 is off), classes are not balanced (rule 5 is off), soundscape
+    clips and ``data.negatives`` are kept whatever species they hold, and every
+    recording's targets are listed in the manifest's ``labels`` column (JSON).
+    """
     console = console or Console(stderr=True)
+    multilabel = task is not None and task.multilabel
+    if data.negatives and not multilabel:
+        raise ConfigError(
+            "data.negatives (clips with no target species) needs task.kind=multilabel"
+        )
     meta = load_metadata(data.path)
+    if multilabel and data.negatives:
+        from birdstack.data.annotations import load_negatives
+
+        meta = pd.concat([meta, load_negatives(data.negatives)], ignore_index=True)
     df = meta.copy()
     df["dropped"] = False
     df["drop_reason"] = ""
@@ -144,13 +215,23 @@ def prepare(
         _drop_rows(df, split_missing(df)[1])
 
     # 2. species selection
-    classes = select_species(
-        df[~df["dropped"]],
-        top_k=data.top_k,
-        species=data.species,
-        min_recordings=data.min_recordings,
-    )
-    _drop_rows(df, filter_species(df[~df["dropped"]], classes)[1])
+    if multilabel:
+        from birdstack.data.annotations import has_events
+
+        df["negative"] = df.get("negative", pd.Series(False, index=df.index)).fillna(False)
+        df["negative"] = df["negative"].astype(bool)
+        events = df.get("events", pd.Series("", index=df.index))
+        df["is_soundscape"] = [has_events(v) for v in events]
+        df["labels"] = row_labels(df)
+        classes = _select_multilabel(df, data)
+    else:
+        classes = select_species(
+            df[~df["dropped"]],
+            top_k=data.top_k,
+            species=data.species,
+            min_recordings=data.min_recordings,
+        )
+        _drop_rows(df, filter_species(df[~df["dropped"]], classes)[1])
     selected = list(classes)  # what the guard (7.) checks at the end
     # files of the selected species that are listed but missing or unreadable are skipped:
     # one log line each (file and reason), counted in the summary and the exit code
@@ -160,7 +241,7 @@ def prepare(
             skips.add(p, "file not found")
 
     # 3. secondary labels naming a kept species
-    if data.drop_secondary:
+    if data.drop_secondary and not multilabel:
         _drop_rows(df, drop_secondary(df[~df["dropped"]], classes)[1])
 
     # features for every recording still in play
@@ -188,9 +269,10 @@ def prepare(
     if enc.kind == "stacked":
         target = enc.target_frames
         if target is None:
+            labelled = live & (df["primary_label"].astype(str) != "")
             target = target_frames_rule(
-                df.loc[live, "frames"].astype(int).tolist(),
-                df.loc[live, "primary_label"].tolist(),
+                df.loc[labelled, "frames"].astype(int).tolist(),
+                df.loc[labelled, "primary_label"].tolist(),
                 enc.trim_factor,
                 enc.channels,
             )
@@ -206,7 +288,12 @@ def prepare(
     preprocessing = dataclasses.replace(preprocessing, encoding=enc)
 
     warnings: list[str] = []
-    counts = df.loc[~df["dropped"], "primary_label"].value_counts()
+    if multilabel:
+        counts = pd.Series(
+            [lab for labs in df.loc[~df["dropped"], "labels"] for lab in labs], dtype=object
+        ).value_counts()
+    else:
+        counts = df.loc[~df["dropped"], "primary_label"].value_counts()
     empty = [c for c in classes if counts.get(c, 0) == 0]
     if empty:
         warnings.append(
@@ -214,7 +301,7 @@ def prepare(
             "the class is left out — try encoding.short=pad or a lower trim_factor"
         )
         classes = [c for c in classes if c not in empty]
-    if len(classes) < 2:
+    if len(classes) < 2 and not multilabel:
         check_class_sizes(df, selected, data.min_class_recordings)  # the fuller message first
         raise ConfigError(
             f"{data.path}: fewer than 2 classes left after the selection rules ({classes}); "
@@ -222,15 +309,31 @@ def prepare(
         )
 
     # 5. balance
-    if data.balance:
+    if data.balance and not multilabel:
         _drop_rows(df, balance(df[~df["dropped"]], seed=data.seed)[1])
 
     # 6. folds
+    to_fold = df[~df["dropped"]].copy()
+    single_session = data.single_session
+    if data.group_by == "file_block":
+        from birdstack.data.annotations import file_number
+
+        nums = [file_number(str(p)) for p in to_fold["path"]]
+        to_fold["group"] = [
+            f"files {n // data.block_size * data.block_size}-"
+            f"{(n // data.block_size + 1) * data.block_size - 1}"
+            if n is not None
+            else ""
+            for n in nums
+        ]
+        single_session = "keep"  # a block is the group; a class in one block stays in it
+    if multilabel:
+        to_fold["primary_label"] = to_fold["primary_label"].astype(str).replace("", "(none)")
     folded, report = assign_folds(
-        df[~df["dropped"]],
+        to_fold,
         n_folds=data.n_folds,
         seed=data.seed,
-        single_session=data.single_session,
+        single_session=single_session,
     )
     df["fold"] = -1
     df["session"] = ""
@@ -240,14 +343,23 @@ def prepare(
         _drop(df, df.index == idx, reason)
     warnings.extend(getattr(report, "warnings", []))
     # 7. enough recordings left in every selected class
-    check_class_sizes(df, selected, data.min_class_recordings)
-    dropped_classes = [
-        c for c in classes if not ((df["primary_label"] == c) & ~df["dropped"]).any()
-    ]
+    if multilabel:
+        _check_multilabel_sizes(df, classes, data.min_class_recordings)
+    else:
+        check_class_sizes(df, selected, data.min_class_recordings)
+    if multilabel:
+        present = {lab for labs in df.loc[~df["dropped"], "labels"] for lab in labs}
+    else:
+        present = set(df.loc[~df["dropped"], "primary_label"])
+    dropped_classes = [c for c in classes if c not in present]
     classes = [c for c in classes if c not in dropped_classes]
 
     label_map = encode_labels(classes)
     df["label_idx"] = df["primary_label"].map(label_map).fillna(-1).astype(int)
+    if multilabel:  # the targets of each recording among the classes, as JSON
+        df["labels"] = [
+            json.dumps([lab for lab in labs if lab in label_map]) for labs in df["labels"]
+        ]
     df["split"] = "-"
     live = ~df["dropped"]
     df.loc[live, "split"] = (df.loc[live, "fold"] == data.val_fold).map(

@@ -22,7 +22,9 @@ A class whose recordings all come from **one** session cannot be validated witho
 leakage; ``single_session`` says what to do with it: ``"split"`` (default) splits that
 class by file across the folds, with a warning in the report; ``"drop"`` leaves the
 class out (its rows are in ``report.dropped`` with a reason); ``"error"`` raises
-:class:`~birdstack.utils.BirdstackError`. A class with fewer sessions than folds is
+:class:`~birdstack.utils.BirdstackError`; ``"keep"`` keeps it grouped, in one fold
+(multi-label soundscapes, where groups are blocks of files). A ``group`` column, when
+present and set, is the session (see :func:`session_ids`). A class with fewer sessions than folds is
 kept, grouped, and only appears in some validation folds (a warning says so).
 """
 
@@ -39,7 +41,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from birdstack.utils import BirdstackError
 
-SINGLE_SESSION_MODES = ("split", "drop", "error")
+SINGLE_SESSION_MODES = ("split", "drop", "error", "keep")
 _UNKNOWN = {"", "nan", "none", "null", "unknown", "?", "0000-00-00", "nat"}
 
 
@@ -77,6 +79,9 @@ def session_ids(df: pd.DataFrame) -> pd.Series:
     date = _clean(df.get("date"), df.index)
     known = (author != "") & (date != "")
     out = (author + " | " + date).where(known, rec)
+    if "group" in df:  # a group given by the caller (e.g. a block of file numbers) wins
+        group = _clean(df["group"], df.index)
+        out = group.where(group != "", out)
     return out.astype(object).rename("session")
 
 
@@ -111,9 +116,17 @@ def assign_folds(
     report = SplitReport(n_folds=n_folds, seed=seed)
     n_sess = out.groupby("primary_label")["session"].nunique().sort_index()
     report.sessions_per_class = {str(k): int(v) for k, v in n_sess.items()}
-    single = [str(c) for c, n in n_sess.items() if n == 1]
+    single = [str(c) for c, n in n_sess.items() if n == 1 and single_session != "keep"]
     report.single_session = single
     report.few_sessions = {str(c): int(n) for c, n in n_sess.items() if 1 < n < n_folds}
+    if single_session == "keep":  # groups are blocks of files: one short summary, not a list
+        few = sum(1 for n in n_sess if n < n_folds)
+        if few:
+            report.warnings.append(
+                f"{few} of {len(n_sess)} classes (by primary label) lie in fewer groups than "
+                f"{n_folds} folds, so they are validated in only some folds"
+            )
+        report.few_sessions = {}
 
     by_file = pd.Series(False, index=out.index)
     if single:

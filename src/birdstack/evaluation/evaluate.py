@@ -38,12 +38,18 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from birdstack.evaluation.metrics import ClassificationMetrics, classification_metrics
+from birdstack.evaluation.metrics import (
+    ClassificationMetrics,
+    MultiLabelMetrics,
+    classification_metrics,
+    multilabel_metrics,
+)
 from birdstack.utils import BadInputError, atomic_write_json, atomic_write_text, get_logger
 
 log = get_logger("evaluate")
 
 BIRDNET_REFERENCE = "birdnet"  # evaluate's name for BirdNET's own scores (no checkpoint)
+REFERENCE_THRESHOLD = 0.5  # BirdNET's confidence threshold in multi-label evaluation
 
 
 def reference_predictor(
@@ -51,14 +57,28 @@ def reference_predictor(
     manifest: str | os.PathLike[str] | None = None,
     split: str | None = None,
     species: list[str] | None = None,
+    multilabel: bool = False,
 ) -> Any:
-    """BirdNET's own scores for the species of ``data`` (or of a run's ``manifest``)."""
+    """BirdNET's own scores for the species of ``data`` (or of a run's ``manifest``).
+
+    ``multilabel``: BirdNET's sigmoid confidences with a threshold of
+    :data:`REFERENCE_THRESHOLD` for every class; the classes are the run's
+    (``classes.json`` beside the manifest) or every species the data names."""
     from birdstack.data.metadata import load_metadata
     from birdstack.inference.predictor import Predictor
 
     meta = load_metadata(data)
+    run_classes = Path(manifest).parent / "classes.json" if manifest is not None else None
     if species:
         classes = sorted(species)
+    elif multilabel and run_classes is not None and run_classes.is_file():
+        import json
+
+        classes = list(json.loads(run_classes.read_text(encoding="utf-8")))
+    elif multilabel:
+        from birdstack.data.prepare import row_labels
+
+        classes = sorted({lab for labs in row_labels(meta) for lab in labs})
     elif manifest is not None:
         m = pd.read_csv(manifest)
         kept = m[~m["dropped"].astype(bool)]
@@ -71,7 +91,8 @@ def reference_predictor(
             vals = meta.loc[meta["primary_label"] == c, "scientific_name"].dropna()
             if len(vals):
                 names[c] = str(vals.iloc[0])
-    return Predictor.birdnet_reference(classes, names)
+    thresholds = [REFERENCE_THRESHOLD] * len(classes) if multilabel else None
+    return Predictor.birdnet_reference(classes, names, thresholds=thresholds)
 
 
 @dataclass
@@ -81,12 +102,22 @@ class EvalResult:
     checkpoint: Path
     classes: list[str]
     encoding: str
-    recording: ClassificationMetrics
-    window: ClassificationMetrics | None
+    recording: ClassificationMetrics | MultiLabelMetrics
+    window: ClassificationMetrics | MultiLabelMetrics | None
     predictions: pd.DataFrame
     excluded: dict[str, int]
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    # multi-label: per-clip 0/1 targets and scores (for the precision-recall curves), and
+    # the open-set figure: share of negative clips with a species at or above threshold
+    targets: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    open_set: float | None = None
+    n_negatives: int = 0
+
+    @property
+    def multilabel(self) -> bool:
+        return isinstance(self.recording, MultiLabelMetrics)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything ``metrics.json`` holds."""
@@ -98,11 +129,19 @@ class EvalResult:
             "excluded": self.excluded,
             "recording": self.recording.to_dict(),
             "window": self.window.to_dict() if self.window is not None else None,
+            **(
+                {"task": "multilabel", "open_set": self.open_set, "n_negatives": self.n_negatives}
+                if self.multilabel
+                else {}
+            ),
         }
 
     def markdown(self, link_prefix: str = "") -> str:
         """A report section: headline figures, per-class table and confusion matrix."""
+        if self.multilabel:
+            return self._markdown_multilabel(link_prefix)
         r = self.recording
+        assert isinstance(r, ClassificationMetrics)
         lines = [
             f"Evaluated `{self.checkpoint}` on {r.n} recording(s): accuracy **{r.accuracy:.3f}**, "
             f"macro-F1 **{r.f1_macro:.3f}**, log loss {r.log_loss:.3f} (recording level).",
@@ -136,6 +175,44 @@ class EvalResult:
                 f"[confusion.csv]({link_prefix}confusion.csv)."
             )
             lines.append("")
+        return "\n".join(lines)
+
+    def _markdown_multilabel(self, link_prefix: str) -> str:
+        r = self.recording
+        assert isinstance(r, MultiLabelMetrics)
+        lines = [
+            f"Evaluated `{self.checkpoint}` on {r.n} clip(s) / recording(s): cmAP "
+            f"**{r.cmap:.3f}**, macro AUROC **{r.auroc:.3f}**, top-1 **{r.top1:.3f}**, "
+            f"sample F1 {r.f1_samples:.3f}, row-wise F1 with nocall {r.f1_rowwise_nocall:.3f} "
+            "(at the stored thresholds).",
+        ]
+        if self.window is not None:
+            w = self.window
+            lines.append(
+                f"Window level ({w.n} windows): cmAP {w.cmap:.3f}, macro AUROC {w.auroc:.3f}."
+            )
+        if self.n_negatives:
+            lines.append(
+                f"Open set: {self.open_set:.1%} of {self.n_negatives} negative clip(s) get a "
+                "species at or above its threshold."
+            )
+        lines += ["", "| class | AP | AUROC | positives | threshold |", "|---|---|---|---|---|"]
+        for _, c in r.per_class.sort_values("ap", ascending=False).iterrows():
+            ap = "–" if c["ap"] != c["ap"] else f"{c['ap']:.3f}"
+            auc = "–" if c["auroc"] != c["auroc"] else f"{c['auroc']:.3f}"
+            lines.append(
+                f"| {c['class']} | {ap} | {auc} | {int(c['positives'])} | {c['threshold']:.2f} |"
+            )
+        lines.append("")
+        if "pr_png" in self.files:
+            lines += [f"![precision-recall]({link_prefix}{self.files['pr_png'].name})", ""]
+        if "metrics_json" in self.files:
+            lines += [
+                f"Files: [metrics.json]({link_prefix}metrics.json), "
+                f"[predictions.csv]({link_prefix}predictions.csv), "
+                f"[per_class.csv]({link_prefix}per_class.csv).",
+                "",
+            ]
         return "\n".join(lines)
 
 
@@ -220,11 +297,16 @@ def evaluate_checkpoint(
     from birdstack.inference.predictor import Predictor
 
     console = console or Console()
+    soundscapes = is_multilabel_data(data, manifest)
     if str(ckpt) == BIRDNET_REFERENCE:
-        pred = reference_predictor(data, manifest, split, species)
+        pred = reference_predictor(data, manifest, split, species, multilabel=soundscapes)
     else:
         pred = Predictor.from_checkpoint(ckpt)
     ckpt = Path(ckpt)
+    if pred.multilabel:
+        return evaluate_multilabel(
+            pred, ckpt, data, manifest, split, out_dir, cache_dir, progress, console
+        )
     classes = list(pred.classes)
     pre = pred.preprocessing
     rows, excluded = select_recordings(data, classes, manifest, split)
@@ -317,6 +399,178 @@ def evaluate_checkpoint(
     return result
 
 
+def is_multilabel_data(
+    data: str | os.PathLike[str], manifest: str | os.PathLike[str] | None = None
+) -> bool:
+    """Annotated soundscapes (or a multi-label run's manifest, with its ``labels`` column)."""
+    from birdstack.data.annotations import is_soundscape_folder
+
+    if manifest is not None and Path(manifest).is_file():
+        with open(manifest, encoding="utf-8") as fh:
+            if "labels" in fh.readline().strip().split(","):
+                return True
+    return Path(data).is_dir() and is_soundscape_folder(Path(data))
+
+
+def multilabel_rows(
+    data: str | os.PathLike[str],
+    classes: list[str],
+    manifest: str | os.PathLike[str] | None = None,
+    split: str | None = None,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows to score for multi-label evaluation: ``path``, ``rec_id``, ``labels`` (list of
+    classes), ``events`` (JSON or ""), ``negative``; and the counts left out.
+
+    With ``manifest``: its rows (of ``split``, kept ones), so negative clips a run added
+    from ``data.negatives`` are scored too; else every recording of ``data``.
+    """
+    import json
+
+    from birdstack.data.metadata import load_metadata
+    from birdstack.data.prepare import row_labels
+
+    excluded = {"missing_file": 0, "label_not_in_checkpoint": 0, "unreadable_audio": 0}
+    if manifest is not None:
+        mpath = Path(manifest)
+        if not mpath.is_file():
+            raise BadInputError(mpath, "manifest file not found")
+        rows = pd.read_csv(mpath, dtype={"rec_id": str, "split": str, "events": str})
+        keep = ~rows["dropped"].astype(str).str.lower().isin(("true", "1"))
+        if split is not None:
+            keep &= rows["split"] == split
+        rows = rows[keep].copy()
+        if rows.empty:
+            raise BadInputError(mpath, f"no kept rows with split {split!r}")
+        if "labels" in rows:
+            rows["labels"] = [json.loads(v) if isinstance(v, str) else [] for v in rows["labels"]]
+        else:
+            rows["labels"] = [[lab] for lab in rows["primary_label"].astype(str)]
+    elif split is not None:
+        raise BadInputError(str(data), "--split needs --manifest (the run's data/manifest.csv)")
+    else:
+        rows = load_metadata(data)
+        rows["labels"] = row_labels(rows)
+    if "negative" not in rows:
+        rows["negative"] = False
+    rows["negative"] = rows["negative"].fillna(False).astype(str).str.lower().isin(("true", "1"))
+    if "events" not in rows:
+        rows["events"] = ""
+    rows["events"] = rows["events"].fillna("")
+    exists = [Path(p).is_file() for p in rows["path"]]
+    excluded["missing_file"] = int(len(rows) - sum(exists))
+    rows = rows[exists]
+    known = set(classes)
+    rows["labels"] = [[lab for lab in labs if lab in known] for labs in rows["labels"]]
+    return rows.reset_index(drop=True), excluded
+
+
+def evaluate_multilabel(
+    pred: Any,
+    ckpt: Path,
+    data: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | None,
+    split: str | None,
+    out_dir: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    console: Console,
+) -> EvalResult:
+    """Multi-label figures of windows and clips (``evaluate_checkpoint``'s other task).
+
+    Windows are the model's own (5 s log-mel windows, BirdNET's 3 s windows); a window's
+    targets come from the clip's events by :func:`~birdstack.data.annotations.
+    window_targets` (a focal recording's labels hold for all its windows); a clip's
+    targets are all its species. Clips with no target species that come from
+    ``data.negatives`` give the open-set figure and are left out of the others.
+    """
+    from birdstack.data.annotations import has_events, parse_events, window_targets
+    from birdstack.data.prepare import default_cache_dir
+    from birdstack.features.cache import FeatureCache
+
+    classes = list(pred.classes)
+    pre = pred.preprocessing
+    rows, excluded = multilabel_rows(data, classes, manifest, split)
+    if rows.empty:
+        raise BadInputError(str(data), "no recordings to evaluate")
+    cache = FeatureCache.for_preprocessing(
+        Path(cache_dir) if cache_dir else default_cache_dir(), pre
+    )
+    paths = [Path(p) for p in rows["path"]]
+    entries = cache.compute_many(paths, progress=progress)
+    index = {c: i for i, c in enumerate(classes)}
+    thr = np.asarray(pred.thresholds, dtype=np.float64)
+    enc = pre.encoding
+    clip_t, clip_p, win_t, win_p, win_neg, kept = [], [], [], [], [], []
+    for i, p in enumerate(paths):
+        entry = entries[p]
+        if entry.error is not None:
+            log.warning("skipped %s: %s", p, entry.error)
+            excluded["unreadable_audio"] += 1
+            continue
+        db = np.load(entry.cache_file)
+        kept.append(i)
+        t = np.zeros(len(classes), dtype=np.float32)
+        for lab in rows.loc[i, "labels"]:
+            t[index[lab]] = 1.0
+        if pre.is_birdnet or enc.kind == "segments":
+            kw = {} if pre.is_birdnet else {"window_s": enc.window_s, "hop_s": enc.hop_s}
+            res = pred.score_frames([db], **kw)
+            ev = rows.loc[i, "events"]
+            if has_events(ev):
+                wt = window_targets(parse_events(ev), res.starts_s, pre.input_seconds(), classes)
+            else:
+                wt = np.repeat(t[None, :], len(res.window_probs), axis=0)
+            win_t.append(wt)
+            win_p.append(res.window_probs)
+            win_neg += [bool(rows.loc[i, "negative"])] * len(wt)
+            clip_p.append(res.probs)
+        else:
+            clip_p.append(pred.recording_probs(db))
+        clip_t.append(t)
+    if not kept:
+        raise BadInputError(str(data), "none of the selected recordings could be decoded")
+    rows = rows.loc[kept].reset_index(drop=True)
+    y, s = np.stack(clip_t), np.stack(clip_p)
+    neg = rows["negative"].to_numpy(bool)
+    if neg.all():
+        raise BadInputError(str(data), "only negative clips: nothing to measure cmAP on")
+    recording = multilabel_metrics(y[~neg], s[~neg], classes, thr)
+    window = None
+    if win_t:
+        wneg = np.asarray(win_neg)
+        wy, ws = np.concatenate(win_t), np.concatenate(win_p)
+        window = multilabel_metrics(wy[~wneg], ws[~wneg], classes, thr)
+    predicted = s >= thr[None, :]
+    predictions = pd.DataFrame(
+        {
+            "file": rows["path"].astype(str),
+            "rec_id": rows["rec_id"].astype(str),
+            "true": [";".join(labs) for labs in rows["labels"]],
+            "predicted": [";".join(c for c, on in zip(classes, r) if on) for r in predicted],
+            "negative": neg,
+        }
+    )
+    for j, c in enumerate(classes):
+        predictions[f"p_{c}"] = s[:, j]
+    result = EvalResult(
+        checkpoint=ckpt,
+        classes=classes,
+        encoding=enc.kind,
+        recording=recording,
+        window=window,
+        predictions=predictions,
+        excluded=excluded,
+        targets=y[~neg],
+        scores=s[~neg],
+        open_set=float(predicted[neg].any(axis=1).mean()) if neg.any() else None,
+        n_negatives=int(neg.sum()),
+    )
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir), data=data, manifest=manifest, split=split)
+    print_result(result, console)
+    return result
+
+
 def write_outputs(
     result: EvalResult,
     out_dir: Path,
@@ -339,6 +593,27 @@ def write_outputs(
     r = result.recording
     atomic_write_text(files["predictions_csv"], result.predictions.to_csv(index=False))
     atomic_write_text(files["per_class_csv"], r.per_class.to_csv(index=False))
+    if isinstance(r, MultiLabelMetrics):
+        from birdstack.evaluation.plots import plot_pr_curves
+
+        del files["confusion_csv"], files["confusion_png"]
+        assert result.targets is not None and result.scores is not None
+        files["pr_png"] = plot_pr_curves(
+            result.targets,
+            result.scores,
+            result.classes,
+            out_dir / "pr_curves.png",
+            title=f"clips (n={r.n}): cmAP {r.cmap:.3f}, macro AUROC {r.auroc:.3f}",
+        )
+        payload = {
+            **result.to_dict(),
+            "data": str(data) if data is not None else None,
+            "manifest": str(manifest) if manifest is not None else None,
+            "split": split,
+        }
+        atomic_write_json(files["metrics_json"], payload)
+        result.files = files
+        return
     atomic_write_text(files["confusion_csv"], r.confusion_frame().to_csv())
     plot_confusion(
         r.confusion,
@@ -370,6 +645,35 @@ def write_outputs(
 def print_result(result: EvalResult, console: Console) -> None:
     """Per-class table and headline figures as a rich table."""
     r = result.recording
+    if isinstance(r, MultiLabelMetrics):
+        t = Table(title=f"evaluation — {result.checkpoint.name} ({r.n} clips, multi-label)")
+        for col in ("class", "AP", "AUROC", "positives", "threshold"):
+            t.add_column(col, justify="left" if col == "class" else "right")
+        for _, c in r.per_class.iterrows():
+            t.add_row(
+                str(c["class"]),
+                "–" if c["ap"] != c["ap"] else f"{c['ap']:.3f}",
+                "–" if c["auroc"] != c["auroc"] else f"{c['auroc']:.3f}",
+                str(int(c["positives"])),
+                f"{c['threshold']:.2f}",
+            )
+        console.print(t)
+        console.print(
+            f"clip level: cmAP [bold]{r.cmap:.3f}[/bold]  macro AUROC [bold]{r.auroc:.3f}"
+            f"[/bold]  top-1 {r.top1:.3f}  sample F1 {r.f1_samples:.3f}  row-wise F1 "
+            f"(nocall) {r.f1_rowwise_nocall:.3f}"
+        )
+        if result.window is not None:
+            w = result.window
+            console.print(f"window level ({w.n} windows): cmAP {w.cmap:.3f}  AUROC {w.auroc:.3f}")
+        if result.n_negatives:
+            console.print(
+                f"open set: {result.open_set:.1%} of {result.n_negatives} negative clips get "
+                "a species at or above its threshold"
+            )
+        if result.out_dir is not None:
+            console.print(f"outputs: {result.out_dir}")
+        return
     t = Table(title=f"evaluation — {result.checkpoint.name} ({r.n} recordings)")
     for col in ("class", "precision", "recall", "F1", "support"):
         t.add_column(col, justify="left" if col == "class" else "right")

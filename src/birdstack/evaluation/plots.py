@@ -127,3 +127,41 @@ def plot_confusion(
         ax.set_title(title)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def plot_pr_curves(
+    targets: np.ndarray,
+    scores: np.ndarray,
+    classes: Sequence[str],
+    out: str | Path,
+    title: str | None = None,
+    n_classes: int = 8,
+) -> Path:
+    """Precision-recall curves: micro-average over all classes, and the ``n_classes``
+    classes with most positives (scikit-learn's ``precision_recall_curve``)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    y = np.asarray(targets) > 0
+    s = np.asarray(scores, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    if y.any():
+        p, r, _ = precision_recall_curve(y.ravel(), s.ravel())
+        ap = average_precision_score(y.ravel(), s.ravel())
+        ax.plot(r, p, color="black", lw=2.2, label=f"micro-average (AP {ap:.2f})")
+    order = np.argsort(-y.sum(axis=0), kind="stable")[:n_classes]
+    for c in order:
+        if not y[:, c].any():
+            continue
+        p, r, _ = precision_recall_curve(y[:, c], s[:, c])
+        ap = average_precision_score(y[:, c], s[:, c])
+        ax.plot(r, p, lw=1.2, label=f"{classes[c]} ({int(y[:, c].sum())}; AP {ap:.2f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)

@@ -135,6 +135,12 @@ def export_onnx(
         "birdstack.source": Path(checkpoint).name,
         "birdstack.backbone": json.dumps(ckpt["birdstack"].get("backbone") or {}),
         "birdstack.birdnet_map": json.dumps(ckpt["birdstack"].get("birdnet_map") or {}),
+        # multi-label exports: sigmoid scores and the per-class thresholds ("null": softmax)
+        "birdstack.thresholds": json.dumps(
+            ckpt["birdstack"].get("thresholds")
+            if ckpt["birdstack"].get("task") == "multilabel"
+            else None
+        ),
         "birdstack.exporter": exporter,
     }
     del model.metadata_props[:]
@@ -179,4 +185,5 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         "scientific_names": json.loads(props.get("birdstack.scientific_names", "{}")),
         "backbone": json.loads(props.get("birdstack.backbone", "{}")),
         "birdnet_map": json.loads(props.get("birdstack.birdnet_map", "{}")),
+        "thresholds": json.loads(props.get("birdstack.thresholds", "null")),
     }

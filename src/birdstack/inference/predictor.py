@@ -39,7 +39,7 @@ import os
 import queue
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function in float32 (multi-label scores)."""
+    z = np.clip(logits.astype(np.float32, copy=False), -80.0, 80.0)
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 # --------------------------------------------------------------------------- runtimes
@@ -321,6 +327,7 @@ class WindowScorer:
     run: Callable[[np.ndarray], np.ndarray]
     rules: dict[str, tuple[WindowRule, int]]
     batch_size: int = 32
+    activation: Callable[[np.ndarray], np.ndarray] = softmax
     n_frames: int = 0
     _states: dict[str, _RuleState] = field(default_factory=dict)
     _buf: np.ndarray | None = None
@@ -384,7 +391,7 @@ class WindowScorer:
         if not self._pending:
             return
         x = np.stack([x for _, x in self._pending]).astype(np.float32, copy=False)
-        probs = softmax(self.run(x))
+        probs = self.activation(self.run(x))
         for (key, _), p in zip(self._pending, probs):
             self._probs[key] = p
         self._pending.clear()
@@ -414,9 +421,14 @@ class Predictor:
         batch_size: int = 32,
         model_name: str | None = None,
         threads: int | None = None,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         self.runner = runner
         self.classes = list(classes)
+        # multi-label checkpoints: sigmoid scores and a threshold per class (else softmax)
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, np.float32)
+        self.multilabel = self.thresholds is not None
+        self.activation = sigmoid if self.multilabel else softmax
         self.preprocessing = preprocessing
         self.info = info
         self.scientific_names = dict(scientific_names or {})
@@ -486,6 +498,9 @@ class Predictor:
             runtime,
             batch_size,
             threads=threads,
+            thresholds=ckpt["birdstack"].get("thresholds")
+            if ckpt["birdstack"].get("task") == "multilabel"
+            else None,
         )
         pred._tmp = tmp
         bmap = ckpt["birdstack"].get("birdnet_map")
@@ -501,11 +516,13 @@ class Predictor:
         preprocessing: Preprocessing | None = None,
         threads: int | None = None,
         batch_size: int = 32,
+        thresholds: Sequence[float] | None = None,
     ) -> Predictor:
         """BirdNET V2.4's own scores for ``classes`` (those it knows), with nothing trained.
 
         The reference row of ``evaluate``: classes BirdNET does not know get a logit of
-        -30 and so are never predicted (their names are logged).
+        -30 and so are never predicted (their names are logged). ``thresholds`` (one per
+        class) makes it multi-label: BirdNET's own sigmoid confidences, as it reports them.
         """
         from birdstack.data.prepare import resolve_frontend
         from birdstack.features import birdnet
@@ -533,6 +550,7 @@ class Predictor:
             batch_size,
             model_name="birdnet_scores",
             threads=threads,
+            thresholds=thresholds,
         )
         pred.class_map = list(mapping.indices)
         return pred
@@ -560,6 +578,7 @@ class Predictor:
             batch_size,
             model_name=str(meta["model"].get("name", "unknown")),
             threads=threads,
+            thresholds=meta.get("thresholds"),
         )
         if meta.get("birdnet_map"):
             pred.class_map = [int(i) for i in meta["birdnet_map"]["indices"]]
@@ -643,7 +662,7 @@ class Predictor:
         return SegmentRule(length, step, self.preprocessing.encoding.min_last_window), length
 
     def _scorer(self, rules: dict[str, tuple[WindowRule, int]]) -> WindowScorer:
-        return WindowScorer(self.encode, self.runner, rules, self.batch_size)
+        return WindowScorer(self.encode, self.runner, rules, self.batch_size, self.activation)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits ``[B, K]`` of a batch of model inputs."""
@@ -800,11 +819,12 @@ class Predictor:
                 for i in range(0, len(starts), self.batch_size)
             ]
         )
-        wprobs = softmax(logits)
+        act = self.activation
+        wprobs = act(logits)
         if self.preprocessing.encoding.kind == "pooled":
-            rec = softmax(self.runner(self.encode(feats, feats.shape[1])[None]))[0]
+            rec = act(self.runner(self.encode(feats, feats.shape[1])[None]))[0]
         else:  # the windows' probabilities, pooled as validation pools them
-            every = wprobs if rule.hop == 1 else softmax(self.runner(np.ascontiguousarray(feats.T)))
+            every = wprobs if rule.hop == 1 else act(self.runner(np.ascontiguousarray(feats.T)))
             rec = self.pool(every)
         ns = n_samples[0] if isinstance(n_samples, list) else n_samples
         spf = self.seconds_per_frame

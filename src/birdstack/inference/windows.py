@@ -177,11 +177,18 @@ def window_detections(
     top_k: int = 1,
     min_confidence: float = 0.0,
     allowed: Iterable[int] | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> list[Detection]:
     """Per window, its ``top_k`` species with confidence >= ``min_confidence``.
 
-    ``allowed`` restricts the species (class indices) considered. Rows are ordered by
-    window, then by decreasing confidence (ties: class order).
+    ``thresholds`` (multi-label models, one per class): every species whose
+    confidence reaches its own threshold (and ``min_confidence``) instead, however
+    many. ``allowed`` restricts the species (class indices) considered. Rows are
+    ordered by window, then by decreasing confidence (ties: class order).
+
+    >>> window_detections([0.0], [5.0], [[0.9, 0.4, 0.2]], ["a", "b", "c"],
+    ...                   thresholds=[0.5, 0.3, 0.3])[1].species
+    'b'
 
     >>> window_detections([0.0, 1.0], [2.0, 3.0], [[0.9, 0.1], [0.4, 0.6]], ["a", "b"])[1]
     Detection(start_s=1.0, end_s=3.0, species='b', confidence=0.6, window=1, last_window=None)
@@ -189,7 +196,11 @@ def window_detections(
     idx = list(range(len(classes))) if allowed is None else sorted(set(allowed))
     out: list[Detection] = []
     for w, (b, e, row) in enumerate(zip(starts_s, ends_s, probs, strict=True)):
-        ranked = sorted(idx, key=lambda k: (-float(row[k]), k))[:top_k]
+        ranked = sorted(idx, key=lambda k: (-float(row[k]), k))
+        if thresholds is None:
+            ranked = ranked[:top_k]
+        else:
+            ranked = [k for k in ranked if float(row[k]) >= float(thresholds[k])]
         for k in ranked:
             if float(row[k]) >= min_confidence:
                 out.append(Detection(float(b), float(e), classes[k], float(row[k]), w))

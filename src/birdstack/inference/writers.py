@@ -107,13 +107,18 @@ class Prediction:
             top_k=opts.top_k,
             min_confidence=opts.min_confidence,
             allowed=opts.allowed_indices(self.classes),
+            thresholds=opts.thresholds,
         )
         return merge_detections(dets) if opts.merge else dets
 
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """What the output files report."""
+    """What the output files report.
+
+    ``thresholds`` (multi-label checkpoints, one per class): each window reports
+    every species at or above its threshold instead of its ``top_k``.
+    """
 
     top_k: int = 1
     min_confidence: float = 0.0
@@ -123,6 +128,7 @@ class OutputOptions:
     fmin: float = 0.0
     fmax: float = 16000.0
     formats: tuple[str, ...] = ("csv",)
+    thresholds: tuple[float, ...] | None = None
 
     def allowed_indices(self, classes: Sequence[str]) -> list[int] | None:
         """Class indices allowed by ``species`` (``None``: all)."""
@@ -142,6 +148,7 @@ class OutputOptions:
             "fmin": self.fmin,
             "fmax": self.fmax,
             "formats": sorted(self.formats),
+            "thresholds": list(self.thresholds) if self.thresholds is not None else None,
         }
 
 

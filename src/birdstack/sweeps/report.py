@@ -86,16 +86,23 @@ class MetricChoice:
     loss: str
     level: str
     epoch: str = "best"  # "best": highest val/rec_f1_macro (ties: later); "last": the final
+    # what the two headline columns are called (multi-label: top-1 and cmAP)
+    acc_name: str = "accuracy"
+    f1_name: str = "macro-F1"
+    # further figures reported as mean ± std per variant: (logged key, column name)
+    extra: tuple[tuple[str, str], ...] = ()
+    rule: str = "val/rec_f1_macro"  # the figure that picks the best epoch
 
     def describe(self) -> str:
         when = (
             "at each run's last epoch (no epoch is chosen on the validation fold)"
             if self.epoch == "last"
-            else "at each run's best epoch (highest `val/rec_f1_macro`, ties to the later)"
+            else f"at each run's best epoch (highest `{self.rule}`, ties to the later)"
         )
+        extra = "".join(f", {name} = `{key}`" for key, name in self.extra)
         return (
-            f"accuracy = `{self.acc}`, macro-F1 = `{self.f1}`, loss = `{self.loss}` "
-            f"({self.level}), all {when}"
+            f"{self.acc_name} = `{self.acc}`, {self.f1_name} = `{self.f1}`{extra}, "
+            f"loss = `{self.loss}` ({self.level}), all {when}"
         )
 
 
@@ -116,11 +123,33 @@ POOLED_METRICS = MetricChoice(
 )
 
 
-def choose_metrics(encodings: Sequence[str], epoch: str = "best") -> MetricChoice:
+MULTILABEL_METRICS = MetricChoice(
+    "val/rec_top1",
+    "val/rec_cmap",
+    "val/loss",
+    "per recording or clip: window scores pooled by max; open-set = share of negative clips "
+    "with a species above its threshold; loss per model input",
+    acc_name="top-1",
+    f1_name="cmAP",
+    extra=(
+        ("val/rec_auroc", "macro AUROC"),
+        ("val/rec_f1_rowwise", "row-wise F1"),
+        ("val/rec_open_set", "open-set FP rate"),
+    ),
+    rule="val/rec_cmap",
+)
+
+
+def choose_metrics(
+    encodings: Sequence[str], epoch: str = "best", multilabel: bool = False
+) -> MetricChoice:
     """Recording-level figures as soon as one variant uses ``segments`` inputs, read at
-    each run's ``best`` (highest ``val/rec_f1_macro``, ties to the later) or ``last`` epoch."""
+    each run's ``best`` (highest ``val/rec_f1_macro``, ties to the later) or ``last`` epoch.
+    Multi-label sweeps report cmAP, top-1, AUROC, row-wise F1 and the open-set rate."""
     kinds = set(encodings)
-    if "segments" in kinds:
+    if multilabel:
+        base = MULTILABEL_METRICS
+    elif "segments" in kinds:
         base = SEGMENT_METRICS
     elif "pooled" in kinds:  # per recording; the location filter shows in val/rec_* only
         base = POOLED_METRICS
@@ -158,6 +187,7 @@ def read_run_metrics(
     f1_key: str = "val/f1_macro",
     loss_key: str = "val/loss",
     epoch: str = "best",
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One run's row: its best epoch (1-based) and the figures of that epoch (or, with
     ``epoch="last"``, of its last epoch) from ``metrics.csv``.
@@ -211,6 +241,8 @@ def read_run_metrics(
         n_params=int(res.get("n_params", 0)),
         wall_time_s=float(res.get("wall_time_s", math.nan)),
     )
+    for key in extra:
+        row[key] = float(figures.get(key, math.nan))
     return row
 
 
@@ -228,10 +260,13 @@ def per_run_table(runs: Sequence[RunSpec], metric: MetricChoice) -> pd.DataFrame
     """One row per planned run (``RUN_COLUMNS``), read from its folder."""
     rows = []
     for r in runs:
-        row = read_run_metrics(r.run_dir, metric.acc, metric.f1, metric.loss, metric.epoch)
+        extra = [k for k, _ in metric.extra]
+        row = read_run_metrics(
+            r.run_dir, metric.acc, metric.f1, metric.loss, metric.epoch, extra=extra
+        )
         row.update(run=r.name, variant=r.variant.label, fold=r.fold, seed=r.seed)
         rows.append(row)
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS + [k for k, _ in metric.extra])
 
 
 def aggregate_runs(per_run: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
@@ -250,7 +285,8 @@ def aggregate_runs(per_run: pd.DataFrame, order: Sequence[str] | None = None) ->
         sub = per_run[per_run["variant"] == v]
         done = sub[sub["status"] == "done"]
         row: dict[str, Any] = {"variant": v}
-        for col in ("acc", "f1_macro", "loss"):
+        extra = [c for c in per_run.columns if c.startswith("val/")]
+        for col in ("acc", "f1_macro", "loss", *extra):
             vals = done[col].astype(float)
             row[f"{col}_mean"] = vals.mean() if len(vals) else math.nan
             row[f"{col}_std"] = vals.std(ddof=1) if len(vals) > 1 else math.nan
@@ -351,18 +387,22 @@ def paired_differences(
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
-def paired_rows(paired: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def paired_rows(
+    paired: pd.DataFrame, metric: MetricChoice | None = None
+) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the paired-differences table."""
+    metric = metric or STACKED_METRICS
+    a, f = metric.acc_name, metric.f1_name
     header = [
         "variant",
         "vs reference",
         "pairs",
-        "Δ accuracy [95% CI]",
-        "Δ macro-F1 [95% CI]",
-        "p (F1)",
-        "F1 wins / losses",
+        f"Δ {a} [95% CI]",
+        f"Δ {f} [95% CI]",
+        f"p ({f})",
+        f"{f} wins / losses",
         "Δ loss",
-        "macro-F1 verdict",
+        f"{f} verdict",
     ]
 
     def ci(r: pd.Series, m: str) -> str:
@@ -408,12 +448,17 @@ def _num(v: Any, fmt: str) -> str:
     return "–" if math.isnan(f) else format(f, fmt)
 
 
-def table_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def table_rows(
+    table: pd.DataFrame, metric: MetricChoice | None = None
+) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of the per-variant table (for markdown and rich)."""
+    metric = metric or STACKED_METRICS
+    extra = [(k, n) for k, n in metric.extra if f"{k}_mean" in table]
     header = [
         "variant",
-        "accuracy",
-        "macro-F1",
+        metric.acc_name,
+        metric.f1_name,
+        *[n for _, n in extra],
         "loss",
         "best epoch",
         "parameters",
@@ -428,6 +473,7 @@ def table_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 str(r["variant"]),
                 _pm(r["acc_mean"], r["acc_std"]),
                 _pm(r["f1_macro_mean"], r["f1_macro_std"]),
+                *[_pm(r[f"{k}_mean"], r[f"{k}_std"]) for k, _ in extra],
                 _pm(r["loss_mean"], r["loss_std"]),
                 _num(r["best_epoch_mean"], ".1f"),
                 f"{int(r['n_params']):,}" if r["n_params"] else "–",
@@ -452,14 +498,19 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def print_table(table: pd.DataFrame, console: Console, title: str) -> None:
+def print_table(
+    table: pd.DataFrame, console: Console, title: str, metric: MetricChoice | None = None
+) -> None:
     """The per-variant table as a rich table (fits 80 columns; the report has every column).
 
     Accuracy, macro-F1 and loss keep their ``mean ± std`` whole; the variant label
     wraps instead of being squeezed out.
     """
-    header, rows = table_rows(table)
-    short = {"variant": "variant", "accuracy": "acc", "macro-F1": "F1", "loss": "loss"}
+    metric = metric or STACKED_METRICS
+    header, rows = table_rows(table, metric)
+    short = {"variant": "variant", metric.acc_name: "acc", metric.f1_name: "F1", "loss": "loss"}
+    if metric.acc_name != "accuracy":
+        short[metric.acc_name], short[metric.f1_name] = metric.acc_name, metric.f1_name
     short.update({"wall time / run": "s/run", "runs": "runs"})
     cols = [header.index(h) for h in short]
     t = Table(title=title)
@@ -587,7 +638,8 @@ def plot_sweep_curves(
         if not h.empty and (r.run_dir / "result.json").is_file():
             histories.setdefault(r.variant.label, []).append(h)
     metrics = (
-        (metric.acc, f"validation accuracy ({metric.acc})"),
+        (metric.acc, f"validation {metric.acc_name} ({metric.acc})"),
+        (metric.f1, f"validation {metric.f1_name} ({metric.f1})"),
         (metric.loss, f"validation loss ({metric.loss})"),
     )
     paths = []
@@ -630,13 +682,17 @@ def write_sweep_report(
     confusion matrix and ``report.md`` in ``out_dir``."""
     console = console or Console()
     out = Path(out_dir)
-    metric = choose_metrics([r.config.preprocessing.encoding.kind for r in runs], exp.epoch)
+    metric = choose_metrics(
+        [r.config.preprocessing.encoding.kind for r in runs],
+        exp.epoch,
+        multilabel=any(r.config.task.multilabel for r in runs),
+    )
     per_run = per_run_table(runs, metric)
     planned = list(dict.fromkeys(r.variant.label for r in runs))  # all, or those --only kept
     table = aggregate_runs(per_run, planned)
     atomic_write_text(out / "runs.csv", per_run.to_csv(index=False))
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
-    header, rows = table_rows(table)
+    header, rows = table_rows(table, metric)
     md_table = markdown_table(header, rows)
     atomic_write_text(
         out / "results.md",
@@ -647,7 +703,10 @@ def write_sweep_report(
     paired = paired_differences(per_run, *comparison_groups(exp, planned))
     atomic_write_text(out / "differences.csv", paired.to_csv(index=False))
     print_table(
-        table, console, f"{exp.name} — {metric.acc} / {metric.f1} at the {metric.epoch} epoch"
+        table,
+        console,
+        f"{exp.name} — {metric.acc} / {metric.f1} at the {metric.epoch} epoch",
+        metric,
     )
 
     best = best_run(per_run)
@@ -709,9 +768,9 @@ def write_sweep_report(
             "Each variant minus its reference on the same folds and seeds (Δ > 0: higher "
             "than the reference; for loss, lower is better). The interval is the 95 % "
             "t-interval of the mean paired difference, p the paired t-test's; the verdict "
-            "is `better`/`worse` only when the macro-F1 interval excludes 0.",
+            f"is `better`/`worse` only when the {metric.f1_name} interval excludes 0.",
             "",
-            markdown_table(*paired_rows(paired)),
+            markdown_table(*paired_rows(paired, metric)),
             "",
             "File: [differences.csv](differences.csv).",
             "",
@@ -732,7 +791,7 @@ def write_sweep_report(
         "## Runs",
         "",
         markdown_table(
-            ["run", "status", "best epoch", "accuracy", "macro-F1", "loss", "wall time"],
+            ["run", "status", "best epoch", metric.acc_name, metric.f1_name, "loss", "wall time"],
             [
                 [
                     r["run"],

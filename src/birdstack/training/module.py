@@ -19,13 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from birdstack.config import ConfigError, DistillConfig, OptimConfig
+from birdstack.config import ConfigError, DistillConfig, OptimConfig, TaskConfig
 from birdstack.utils import BirdstackError
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "sgd")
@@ -53,8 +54,49 @@ def build_optimizer(params: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, task: TaskConfig) -> torch.Tensor:
+    """Binary cross-entropy (``task.loss=bce``) or sigmoid focal loss (``focal``) per output.
+
+    Focal loss is torchvision's ``sigmoid_focal_loss`` (no alpha weighting), averaged
+    over outputs like BCE, so the two share a scale.
+    """
+    if task.loss == "focal":
+        from torchvision.ops import sigmoid_focal_loss
+
+        return sigmoid_focal_loss(
+            logits, targets, alpha=-1, gamma=task.focal_gamma, reduction="mean"
+        )
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+# the probability a multi-label output starts at (RetinaNet's prior initialisation): with
+# the bias at 0 every species starts at 0.5, and many epochs go to pulling them down
+MULTILABEL_PRIOR = 0.01
+
+
+def init_prior_bias(net: nn.Module, prior: float) -> None:
+    """Set a trainable classifier's bias to ``logit(prior)`` (multi-label training start)."""
+    get = getattr(net, "get_classifier", None)
+    head = get() if callable(get) else None
+    bias = getattr(head, "bias", None)
+    if isinstance(bias, torch.Tensor) and bias.requires_grad:
+        with torch.no_grad():
+            bias.fill_(float(np.log(prior / (1 - prior))))
+
+
 class BirdClassifier(L.LightningModule):
-    """Single-label classifier trained with cross-entropy."""
+    """The classifier: single-label (softmax, cross-entropy) or multi-label (sigmoid,
+    BCE / focal) by ``task.kind``.
+
+    Multi-label validation logs ``val/cmap``, ``val/auroc`` (windows) and
+    ``val/rec_cmap``, ``val/rec_auroc``, ``val/rec_top1``, ``val/rec_f1_rowwise``
+    (recordings: window scores pooled by ``pool``, targets by max) and, when the fold
+    holds negative clips (``data.negatives``, marked by :attr:`val_negative`),
+    ``val/rec_open_set``: the share of them with some species above threshold.
+    Per-class thresholds are chosen on the validation windows that are not such
+    negatives (highest F1, see :func:`~birdstack.evaluation.metrics.tune_thresholds`)
+    at every validation and saved in the checkpoint.
+    """
 
     def __init__(
         self,
@@ -65,10 +107,18 @@ class BirdClassifier(L.LightningModule):
         seed: int = 0,
         pool: str = "mean",
         distill: DistillConfig | None = None,
+        task: TaskConfig | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.pool = pool
+        self.task = task if task is not None else TaskConfig()
+        self.multilabel = self.task.multilabel
+        # multi-label: per validation recording, whether it is a negative clip (data.negatives)
+        self.val_negative: torch.Tensor | None = None
+        self.thresholds: list[float] = [self.task.threshold] * len(class_names)
+        if self.multilabel:
+            init_prior_bias(net, MULTILABEL_PRIOR)
         # with a teacher, training batches carry its scores: (x, y, rec, teacher_probs)
         self.distill = distill if distill is not None and distill.teacher else None
         # per validation recording and class: the location filter's factors (None: off)
@@ -106,6 +156,12 @@ class BirdClassifier(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)
+        if self.multilabel:
+            loss = multilabel_loss(logits, y.to(logits.dtype), self.task)
+            self.log(
+                "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
+            )
+            return loss
         if self.distill is not None and len(batch) == 4:
             from birdstack.training.distill import distillation_loss
 
@@ -120,8 +176,9 @@ class BirdClassifier(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute(), sync_dist=True)
-        self.train_metrics.reset()
+        if not self.multilabel:
+            self.log_dict(self.train_metrics.compute(), sync_dist=True)
+            self.train_metrics.reset()
         self._record_epoch()
 
     def _record_epoch(self) -> None:
@@ -137,14 +194,26 @@ class BirdClassifier(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y, rec = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.val_metrics.update(logits, y)
+        if self.multilabel:
+            loss = multilabel_loss(logits, y.to(logits.dtype), self.task)
+            probs = logits.sigmoid()
+        else:
+            loss = F.cross_entropy(logits, y)
+            self.val_metrics.update(logits, y)
+            probs = logits.softmax(-1)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self._val_probs.append(logits.softmax(-1).detach())
+        self._val_probs.append(probs.detach())
         self._val_recs.append(rec.detach())
         self._val_labels.append(y.detach())
 
     def on_validation_epoch_end(self) -> None:
+        if self.multilabel:
+            if self._val_probs:
+                self._multilabel_epoch_end()
+            self._val_probs.clear()
+            self._val_recs.clear()
+            self._val_labels.clear()
+            return
         self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
         self.val_metrics.reset()
         if self._val_probs:
@@ -162,6 +231,53 @@ class BirdClassifier(L.LightningModule):
         self._val_recs.clear()
         self._val_labels.clear()
 
+    def _multilabel_epoch_end(self) -> None:
+        """Window and recording figures, thresholds (see the class docstring)."""
+        from birdstack.evaluation.metrics import multilabel_metrics, tune_thresholds
+
+        probs = torch.cat(self._val_probs).float().cpu()
+        recs = torch.cat(self._val_recs).cpu()
+        labels = torch.cat(self._val_labels).float().cpu()
+        if self.val_factors is not None:
+            probs = probs * self.val_factors[recs].to(probs)
+        neg = (
+            self.val_negative.cpu()[recs]
+            if self.val_negative is not None
+            else torch.zeros(len(recs), dtype=torch.bool)
+        )
+        y, p = labels.numpy(), probs.numpy()
+        keep = ~neg.numpy()
+        if self.task.tune_thresholds and keep.any():
+            self.thresholds = [
+                float(t) for t in tune_thresholds(y[keep], p[keep], self.task.threshold)
+            ]
+        thr = np.asarray(self.thresholds)
+        out: dict[str, float] = {}
+        if keep.any():
+            win = multilabel_metrics(y[keep], p[keep], self.class_names, thr)
+            out.update({"val/cmap": win.cmap, "val/auroc": win.auroc})
+        pooled, pooled_labels = pool_by_recording(probs, recs, labels, self.pool)
+        rec_neg = (
+            self.val_negative.cpu()[torch.unique(recs)].numpy()
+            if self.val_negative is not None
+            else np.zeros(len(pooled), dtype=bool)
+        )
+        yr, pr = pooled_labels.numpy(), pooled.numpy()
+        if (~rec_neg).any():
+            m = multilabel_metrics(yr[~rec_neg], pr[~rec_neg], self.class_names, thr)
+            out.update(
+                {
+                    "val/rec_cmap": m.cmap,
+                    "val/rec_auroc": m.auroc,
+                    "val/rec_top1": m.top1,
+                    "val/rec_f1_rowwise": m.f1_rowwise_nocall,
+                }
+            )
+        if rec_neg.any():
+            out["val/rec_open_set"] = float((pr[rec_neg] >= thr[None, :]).any(axis=1).mean())
+        out = {k: (v if v == v else 0.0) for k, v in out.items()}  # NaN: nothing to rank
+        self.log_dict(out, prog_bar=False, sync_dist=True)
+
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:
         opt = build_optimizer([p for p in self.parameters() if p.requires_grad], self.optim_cfg)
@@ -174,7 +290,11 @@ class BirdClassifier(L.LightningModule):
     # ------------------------------------------------------------------ checkpoint
     def hparams_for_checkpoint(self) -> dict[str, Any]:
         """The ``birdstack`` block stored in every checkpoint (plain values only)."""
-        return {"format": CHECKPOINT_FORMAT, "classes": list(self.class_names), **self.meta}
+        block = {"format": CHECKPOINT_FORMAT, "classes": list(self.class_names), **self.meta}
+        if self.multilabel:
+            block["task"] = "multilabel"
+            block["thresholds"] = [float(t) for t in self.thresholds]
+        return block
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["birdstack"] = self.hparams_for_checkpoint()
@@ -188,6 +308,9 @@ class BirdClassifier(L.LightningModule):
                 f"{self.class_names}; use the same data selection or start a new run folder"
             )
         self.history = [dict(r) for r in checkpoint.get("birdstack_history", [])]
+        thresholds = checkpoint.get("birdstack", {}).get("thresholds")
+        if thresholds is not None and len(thresholds) == len(self.class_names):
+            self.thresholds = [float(t) for t in thresholds]
 
 
 CHECKPOINT_FORMAT = "birdstack-checkpoint/1"
@@ -209,8 +332,14 @@ def pool_by_recording(
             [0.2000, 0.8000]])
     """
     uniq, inv = torch.unique(recs, return_inverse=True)
-    rec_labels = torch.zeros(len(uniq), dtype=labels.dtype, device=labels.device)
-    rec_labels[inv] = labels
+    if labels.ndim == 2:  # multi-label targets: a recording has every species of its windows
+        rec_labels = torch.zeros(len(uniq), labels.shape[1], dtype=labels.dtype)
+        rec_labels = rec_labels.to(labels.device).scatter_reduce(
+            0, inv.unsqueeze(1).expand_as(labels), labels, reduce="amax"
+        )
+    else:
+        rec_labels = torch.zeros(len(uniq), dtype=labels.dtype, device=labels.device)
+        rec_labels[inv] = labels
     if mode == "max":
         out = torch.full((len(uniq), probs.shape[1]), -torch.inf, dtype=probs.dtype)
         out = out.to(probs.device).scatter_reduce(

@@ -18,7 +18,8 @@ A run folder holds::
 
 The best epoch (``best.ckpt``, ``result.json``'s ``best``, a sweep's ``best`` figures)
 is the one of highest recording-level macro-F1 on the validation fold
-(``val/rec_f1_macro``, :data:`BEST_METRIC`), a tie going to the later epoch
+(``val/rec_f1_macro``, :data:`BEST_METRIC`; multi-label runs: class-wise mean average
+precision ``val/rec_cmap``), a tie going to the later epoch
 (:func:`best_epoch_index`). Validation loss is not used: a model that predicts one
 class can have the lowest loss in an early epoch. ``trainer.early_stopping_patience``
 watches the same figure.
@@ -59,6 +60,13 @@ log = get_logger("train")
 
 # the figure that chooses the best epoch (higher is better; ties: the later epoch)
 BEST_METRIC = "val/rec_f1_macro"
+# ... of a multi-label run: class-wise mean average precision of the recordings
+MULTILABEL_BEST_METRIC = "val/rec_cmap"
+
+
+def best_metric(cfg: Config) -> str:
+    """The figure that picks ``best.ckpt`` for this run's task."""
+    return MULTILABEL_BEST_METRIC if cfg.task.multilabel else BEST_METRIC
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,9 @@ def resolve_config(cfg: Config) -> Config:
         raise ConfigError(
             f"unknown model {cfg.model.name!r}; choose one of {', '.join(list_models())}"
         )
+    if cfg.task.multilabel and cfg.preprocessing.encoding.pool == "mean":
+        # a species heard in one window of a recording is in the recording
+        cfg = cfg.override({"preprocessing.encoding.pool": "max"})
     wanted = model_entry(cfg.model.name).frontend
     if wanted == cfg.preprocessing.frontend:
         return cfg
@@ -106,6 +117,11 @@ def resolve_config(cfg: Config) -> Config:
 def validate_config(cfg: Config) -> None:
     """Fail before any work starts on options that cannot work together."""
     resolve_config(cfg)
+    if cfg.task.multilabel and cfg.distill.teacher:
+        raise ConfigError(
+            "distillation (--teacher) trains single-label students; it cannot be combined "
+            "with task.kind=multilabel yet"
+        )
     if cfg.optim.name.lower() not in OPTIMIZERS:
         raise ConfigError(
             f"unknown optimizer {cfg.optim.name!r}; choose one of {', '.join(OPTIMIZERS)}"
@@ -264,6 +280,7 @@ def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
         seed=cfg.trainer.seed,
         pool=prepared.preprocessing.encoding.pool,
         distill=cfg.distill,
+        task=cfg.task,
     )
 
 
@@ -396,7 +413,13 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     start = time.perf_counter()
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    prepared = prepare(cfg.data, cfg.preprocessing, run_dir / "data", progress=cfg.trainer.progress)
+    prepared = prepare(
+        cfg.data,
+        cfg.preprocessing,
+        run_dir / "data",
+        progress=cfg.trainer.progress,
+        task=cfg.task,
+    )
     teacher, unlabelled = distillation_inputs(cfg, prepared)
     dm = BirdDataModule(
         prepared,
@@ -406,6 +429,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         seed=cfg.trainer.seed,
         teacher=teacher,
         unlabelled=unlabelled,
+        task=cfg.task,
     )
     if len(dm.train_set) == 0 or len(dm.val_set) == 0:
         raise ConfigError(
@@ -420,12 +444,17 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         cfg,
         prepared.preprocessing.birdnet.model_file,
     )
+    if cfg.task.multilabel and "negative" in dm.val_records:
+        module.val_negative = torch.from_numpy(
+            dm.val_records["negative"].fillna(False).astype(bool).to_numpy().copy()
+        )
     trainable = any(p.requires_grad for p in module.net.parameters())
+    monitor = best_metric(cfg)
 
     ckpt_cb = LaterTiesCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        monitor=BEST_METRIC,
+        monitor=monitor,
         mode="max",
         auto_insert_metric_name=False,
         enable_version_counter=False,
@@ -445,9 +474,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     callbacks: list[Any] = [ckpt_cb, last_cb]
     if cfg.trainer.early_stopping_patience is not None:
         callbacks.append(
-            EarlyStopping(
-                monitor=BEST_METRIC, mode="max", patience=cfg.trainer.early_stopping_patience
-            )
+            EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.early_stopping_patience)
         )
     if cfg.trainer.precise_bn:
         callbacks.append(PreciseBatchNorm())
@@ -504,7 +531,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     return result
 
 
-def best_epoch_index(history: pd.DataFrame, metric: str = BEST_METRIC) -> Any | None:
+def best_epoch_index(history: pd.DataFrame, metric: str | None = None) -> Any | None:
     """The index label of the best epoch's row: highest ``metric``, ties to the later epoch.
 
     ``history``: one row per epoch (an ``epoch`` column, as ``metrics.csv``). A missing
@@ -515,7 +542,12 @@ def best_epoch_index(history: pd.DataFrame, metric: str = BEST_METRIC) -> Any | 
     ...                   "val/rec_f1_macro": [0.1, 0.6, 0.6, 0.4]})
     >>> int(h.loc[best_epoch_index(h), "epoch"])
     2
+
+    ``metric=None``: :data:`BEST_METRIC`, or for a multi-label run's history (which
+    has no such column) :data:`MULTILABEL_BEST_METRIC`.
     """
+    if metric is None:
+        metric = BEST_METRIC if BEST_METRIC in history else MULTILABEL_BEST_METRIC
     if history.empty or metric not in history:
         return None
     hist = history.sort_values("epoch", kind="stable") if "epoch" in history else history
@@ -559,7 +591,17 @@ def _write_outputs(
     run_dir = result.run_dir
     if not result.history.empty:
         atomic_write_text(run_dir / "metrics.csv", result.history.to_csv(index=False))
-        plot_curves({run_dir.name: [result.history]}, run_dir / "curves.png")
+        metrics = None
+        if "val/rec_cmap" in result.history:  # a multi-label run
+            metrics = (
+                ("val/rec_cmap", "validation cmAP (per recording)"),
+                ("val/loss", "validation loss"),
+            )
+        plot_curves(
+            {run_dir.name: [result.history]},
+            run_dir / "curves.png",
+            **({"metrics": metrics} if metrics else {}),
+        )
     summary = {
         "run_dir": str(run_dir),
         "best_checkpoint": str(result.best_checkpoint),

@@ -1,0 +1,350 @@
+"""The multi-label task: annotations, window labels, metrics, training, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from birdstack.config import Config, ConfigError
+from birdstack.data.annotations import (
+    load_soundscapes,
+    read_annotations,
+    read_raven,
+    window_targets,
+)
+from birdstack.data.metadata import load_metadata
+from birdstack.evaluation.metrics import (
+    THRESHOLD_RANGE,
+    multilabel_metrics,
+    per_class_ap,
+    rowwise_f1,
+    tune_thresholds,
+)
+from birdstack.inference.writers import OutputOptions, Prediction, raven_table, record
+from birdstack.utils import BadInputError
+
+pytestmark = pytest.mark.xdist_group("multilabel")
+
+
+# ----------------------------------------------------------------------------- window labels
+
+
+def test_window_labels_from_events_on_window_edges():
+    """Three 5 s windows; events placed on and around the edges at 5 s and 10 s."""
+    ev = pd.DataFrame(
+        [
+            (4.95, 5.05, "a", "bird"),  # 0.1 s, half in each window: both
+            (4.00, 5.02, "b", "bird"),  # 0.02 s in window 1 < min(0.1, 0.51): window 0 only
+            (10.0, 10.0, "c", "bird"),  # an instant exactly on the edge: the window it starts
+            (9.70, 10.0, "a", "bird"),  # ends exactly at the edge: no overlap with window 2
+            (2.00, 2.04, "c", "bird"),  # a 0.04 s call inside window 0
+            (11.0, 12.0, "x", "bird"),  # a species outside the classes
+            (6.00, 9.00, "b", "insect"),  # another taxon: never a target
+            (12.0, 14.0, "unknown", "unknown"),
+        ],
+        columns=["start_s", "end_s", "label", "taxon"],
+    )
+    got = window_targets(ev, [0.0, 5.0, 10.0], 5.0, ["a", "b", "c"])
+    assert got.tolist() == [
+        [1.0, 1.0, 1.0],
+        [1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0],
+    ]
+    # a stricter rule: an event must overlap a window by half its length
+    strict = window_targets(ev, [0.0, 5.0, 10.0], 5.0, ["a", "b", "c"], 1.0, 0.6)
+    assert strict[:, 0].tolist() == [0.0, 1.0, 0.0]  # 0.05 of 0.1 s is below 0.06 s
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(3)
+    y = (rng.random((80, 7)) < 0.25).astype(int)
+    y[:, 6] = 0  # a class with no positive: left out of cmAP and AUROC
+    y[:, 5] = 1  # a class with no negative: in cmAP, left out of AUROC
+    s = np.clip(y * 0.3 + rng.random((80, 7)) * 0.8, 0, 1)
+    return y, s
+
+
+def test_cmap_and_auroc_match_scikit_learn(scored):
+    y, s = scored
+    m = multilabel_metrics(y, s, list("abcdefg"))
+    pos = y.sum(axis=0) > 0
+    both = pos & (y.sum(axis=0) < len(y))
+    assert m.cmap == pytest.approx(average_precision_score(y[:, pos], s[:, pos]), abs=1e-6)
+    assert m.auroc == pytest.approx(roc_auc_score(y[:, both], s[:, both]), abs=1e-6)
+    ap = per_class_ap(y, s)
+    assert np.isnan(ap[6]) and not np.isnan(ap[5])
+    assert m.per_class["positives"].tolist() == y.sum(axis=0).tolist()
+    # top-1: rows with a positive whose best-scored class is one of them
+    has = y.any(axis=1)
+    assert m.top1 == pytest.approx(np.mean(y[has, s[has].argmax(axis=1)] > 0))
+
+
+def test_sample_and_rowwise_f1_match_their_definitions(scored):
+    y, s = scored
+    pred = s >= 0.6
+    has = y.any(axis=1)
+    want = f1_score(y[has], pred[has], average="samples", zero_division=0)
+    assert rowwise_f1(y[has], pred[has], nocall=False).mean() == pytest.approx(want)
+    # BirdCLEF 2021: an empty row (truth or prediction) is the label "nocall"
+    y2 = np.array([[0, 0], [1, 0], [0, 0], [1, 1]])
+    p2 = np.array([[0, 0], [0, 0], [1, 0], [1, 0]])
+    assert rowwise_f1(y2, p2, nocall=True).tolist() == pytest.approx([1.0, 0.0, 0.0, 2 / 3])
+
+
+def test_thresholds_maximise_f1_per_class(scored):
+    y, s = scored
+    thr = tune_thresholds(y, s, default=0.5)
+    assert thr[6] == 0.5  # no positive: the default
+    for c in range(5):
+        best = max(f1_score(y[:, c], s[:, c] >= t) for t in np.unique(s[:, c]))
+        got = f1_score(y[:, c], s[:, c] >= thr[c])
+        lo, hi = THRESHOLD_RANGE
+        if lo < thr[c] < hi:
+            assert got == pytest.approx(best)
+    assert ((thr >= THRESHOLD_RANGE[0]) & (thr <= THRESHOLD_RANGE[1])).all()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def test_raven_table_reads_back_to_the_same_events(tmp_path):
+    audio = tmp_path / "site1_0600.wav"
+    audio.write_bytes(b"")  # only its name matters here
+    pred = Prediction(
+        str(audio),
+        10.0,
+        ["a_b", "c_d"],
+        np.array([0.7, 0.6]),
+        np.array([0.0, 5.0]),
+        np.array([5.0, 10.0]),
+        np.array([[0.9, 0.8], [0.2, 0.7]]),
+    )
+    opts = OutputOptions(top_k=2, min_confidence=0.5)
+    table = tmp_path / "site1_0600.BirdStack.selection.table.txt"
+    table.write_text(raven_table(record(pred, opts), 0.0, 16000.0), encoding="utf-8")
+    ev = read_raven(table)
+    want = [(str(audio), d.start_s, d.end_s, d.species) for d in pred.detections(opts)]
+    got = list(zip(ev["file"], ev["start_s"], ev["end_s"], ev["label"]))
+    assert sorted(got) == sorted(want)
+    assert set(ev["taxon"]) == {"bird"}
+    # the folder form finds the same table
+    assert len(read_annotations(tmp_path)) == len(ev)
+
+
+def test_bad_annotations_name_the_file_and_line(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    bad = tmp_path / "annotations.csv"
+    bad.write_text("filename,start_s,end_s,label\na.wav,2.0,1.0,x_y\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"annotations\.csv.*line 2.*start <= end"):
+        read_annotations(bad)
+    bad.write_text("filename,start,end,label\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match="missing column"):
+        read_annotations(bad)
+    raven = tmp_path / "a.Table.1.selections.txt"
+    raven.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tSpecies\n1\tx\t2\ty\n")
+    with pytest.raises(BadInputError, match=r"selections\.txt.*line 2"):
+        read_raven(raven)
+
+
+def test_soundscape_folder_is_read_with_its_events(soundscape_root):
+    df = load_metadata(soundscape_root / "scapes")
+    assert len(df) == 12 and df["exists"].all()
+    ann = pd.read_csv(soundscape_root / "scapes" / "annotations.csv")
+    first = df.iloc[0]
+    birds = ann[(ann["filename"] == first["filename"]) & (ann["taxon"] == "bird")]
+    assert first["primary_label"] in set(birds["label"])
+    assert set([first["primary_label"], *first["secondary_labels"]]) == set(birds["label"])
+    events = json.loads(first["events"])
+    assert any(e[3] == "insect" for e in events)  # other taxa are kept, not targets
+    assert "cicada_orni" not in set(df["primary_label"])
+    assert len(load_soundscapes(soundscape_root / "scapes")) == 12
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _cfg(root: Path, out: Path, cache: Path, **over) -> Config:
+    base = {
+        "data": {
+            "path": str(root / "scapes"),
+            "negatives": [str(root / "negatives")],
+            "top_k": None,
+            "n_folds": 2,
+            "min_class_recordings": 2,
+            "cache_dir": str(cache),
+            "group_by": "file_block",
+            "block_size": 3,
+        },
+        "task": {"kind": "multilabel"},
+        "preprocessing": {
+            "audio": {"sample_rate": 16000},
+            "spectrogram": {"n_mels": 32, "n_fft": 512, "hop_length": 256, "fmax": 8000},
+            "encoding": {"kind": "segments", "window_s": 2.5, "hop_s": 2.5},
+        },
+        "model": {"name": "mobilenet_compact"},
+        "trainer": {"epochs": 2, "batch_size": 8, "progress": False, "precise_bn": False},
+        "out_dir": str(out),
+    }
+    return Config.from_dict(base).override(over)
+
+
+@pytest.fixture(scope="module")
+def ml_run(soundscape_root, tmp_path_factory, cache_dir):
+    from birdstack.training.train import train
+
+    out = tmp_path_factory.mktemp("ml-run") / "run"
+    return train(_cfg(soundscape_root, out, cache_dir))
+
+
+def test_multilabel_run_on_soundscapes(ml_run):
+    r = ml_run
+    assert {"val/rec_cmap", "val/rec_auroc", "val/rec_top1", "val/rec_open_set"} <= set(r.best)
+    assert "val/acc" not in r.best  # no single-label figures
+    assert 0.0 <= r.best["val/rec_cmap"] <= 1.0
+    m = pd.read_csv(r.run_dir / "data" / "manifest.csv")
+    kept = m[~m["dropped"]]
+    assert kept["negative"].sum() == 4
+    # file blocks of 3 numbers: every block lies in one fold
+    blocks = kept.groupby("session")["fold"].nunique()
+    assert (blocks == 1).all()
+    labels = [json.loads(v) for v in kept["labels"]]
+    assert all(lab == [] for lab, neg in zip(labels, kept["negative"]) if neg)
+    assert "cicada_orni" not in {x for lab in labels for x in lab}
+    ck = torch.load(r.best_checkpoint, map_location="cpu", weights_only=True)
+    block = ck["birdstack"]
+    assert block["task"] == "multilabel"
+    assert len(block["thresholds"]) == len(block["classes"]) == 3
+    assert block["config"]["task"]["kind"] == "multilabel"
+
+
+def test_window_items_carry_their_own_targets(soundscape_root, tmp_path, cache_dir):
+    """A 2.5 s window gets the species of the events it overlaps, not the whole clip's."""
+    from birdstack.data.annotations import parse_events
+    from birdstack.data.datamodule import BirdDataModule
+    from birdstack.data.prepare import prepare
+
+    cfg = _cfg(soundscape_root, tmp_path / "r", cache_dir)
+    prepared = prepare(cfg.data, cfg.preprocessing, progress=False, task=cfg.task)
+    dm = BirdDataModule(prepared, val_fold=0, batch_size=4, task=cfg.task)
+    ds = dm.train_set
+    classes = prepared.classes
+    checked = 0
+    for idx, (i, start) in enumerate(ds.items):
+        row = ds.records.iloc[i]
+        _, y, _ = ds[idx]
+        if row["negative"]:
+            assert y.sum() == 0
+            continue
+        t0 = start * prepared.preprocessing.seconds_per_frame()
+        want = window_targets(parse_events(row["events"]), [t0], 2.5, classes)[0]
+        assert y.numpy().tolist() == want.tolist()
+        checked += 1
+    assert checked > 20
+
+
+def test_multilabel_on_focal_demo_recordings(demo_dir, tmp_path, cache_dir):
+    """Focal recordings: primary label 1, secondary labels task.secondary_weight."""
+    from birdstack.training.train import train
+
+    cfg = Config.from_dict(
+        {
+            "data": {"path": str(demo_dir), "top_k": 6, "cache_dir": str(cache_dir)},
+            "task": {"kind": "multilabel", "secondary_weight": 0.5, "loss": "focal"},
+            "preprocessing": {"encoding": {"kind": "segments", "train_crops": 1}},
+            "trainer": {"epochs": 1, "batch_size": 8, "progress": False},
+            "out_dir": str(tmp_path / "focal"),
+        }
+    )
+    r = train(cfg)
+    assert "val/rec_cmap" in r.best
+    m = pd.read_csv(r.run_dir / "data" / "manifest.csv")
+    kept = m[~m["dropped"]]
+    assert len(kept) == 48  # multi-label keeps what the study's secondary/balance rules drop
+    assert kept["labels"].map(json.loads).map(len).max() >= 1
+
+
+def test_multilabel_refuses_what_it_cannot_do(demo_dir):
+    from birdstack.data.prepare import prepare
+
+    cfg = Config.from_dict({"data": {"path": str(demo_dir), "negatives": ["x"]}})
+    with pytest.raises(ConfigError, match="needs task.kind=multilabel"):
+        prepare(cfg.data, cfg.preprocessing, progress=False)
+    from birdstack.training.train import validate_config
+
+    bad = cfg.override({"task.kind": "multilabel", "distill.teacher": "t.ckpt"})
+    with pytest.raises(ConfigError, match="distillation"):
+        validate_config(bad)
+
+
+# ----------------------------------------------------------------------------- evaluate / predict
+
+
+def test_evaluate_scores_windows_clips_and_the_open_set(ml_run, soundscape_root, tmp_path):
+    from birdstack.evaluation.evaluate import evaluate_checkpoint
+
+    r = ml_run
+    res = evaluate_checkpoint(
+        r.best_checkpoint,
+        soundscape_root / "scapes",
+        manifest=r.run_dir / "data" / "manifest.csv",
+        split="val",
+        out_dir=tmp_path / "eval",
+        cache_dir=None,
+        progress=False,
+    )
+    assert res.multilabel and res.window is not None
+    assert res.n_negatives > 0 and res.open_set is not None
+    assert (tmp_path / "eval" / "pr_curves.png").stat().st_size > 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["task"] == "multilabel" and "cmap" in metrics["recording"]
+    assert set(pd.read_csv(tmp_path / "eval" / "per_class.csv")["class"]) == set(res.classes)
+    # the recording-level figure training logged at that epoch, reproduced by evaluate
+    hist = pd.read_csv(r.run_dir / "metrics.csv")
+    logged = float(hist.loc[hist["epoch"] == r.best["epoch"], "val/rec_cmap"].iloc[0])
+    assert res.recording.cmap == pytest.approx(logged, abs=1e-4)
+
+
+def test_predict_reports_every_species_above_its_stored_threshold(
+    ml_run, soundscape_root, tmp_path
+):
+    from birdstack.cli.main import main
+
+    ck = torch.load(ml_run.best_checkpoint, map_location="cpu", weights_only=True)
+    classes = ck["birdstack"]["classes"]
+    # class 0 always, class 1 never, class 2 by its score
+    ck["birdstack"]["thresholds"] = [0.0, 1.01, 0.5]
+    edited = tmp_path / "edited.ckpt"
+    torch.save(ck, edited)
+    clip = soundscape_root / "scapes" / "audio" / "scape002.wav"
+    out = tmp_path / "pred"
+    rc = main(
+        [
+            "predict",
+            str(edited),
+            str(clip),
+            "--out",
+            str(out),
+            "--hop-s",
+            "2.5",
+            "--min-confidence",
+            "0",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    det = pd.read_csv(out / "detections.csv")
+    per_window = det.groupby("start_s")["species"].apply(set)
+    assert len(per_window) == 4  # 10 s in 2.5 s windows
+    assert all(classes[0] in s and classes[1] not in s for s in per_window)
+    conf = det[det["species"] == classes[2]]["confidence"]
+    assert (conf >= 0.5).all()
