@@ -379,3 +379,26 @@ def test_resumed_recipe_run_equals_the_uninterrupted_one(demo_dir, cache_dir, no
     resumed = train(part.override({**over, "trainer.epochs": 2}), resume=True)
     cols = ["train/loss", "val/loss", "val/acc"]
     pd.testing.assert_frame_equal(resumed.history[cols], whole.history[cols])
+
+
+def test_cli_flags_and_sweep_overrides_set_the_recipe_keys(tmp_path):
+    from birdstack.cli.main import build_parser, config_from_args
+    from birdstack.sweeps.sweep import experiment_from_dict, plan_runs
+
+    argv = ["train", "--noise-dir", "N", "--mixup", "0.3", "--specaugment"]
+    argv += ["--label-smoothing", "0.1", "--warmup-epochs", "2", "--sampling", "class_balanced"]
+    argv += ["--noise-snr-db", "0,20", "--gain-db=-6,6", "--time-shift", "0.2"]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    a = cfg.augment
+    assert (a.noise_dir, a.mixup_alpha, a.specaugment, a.time_shift) == ("N", 0.3, True, 0.2)
+    assert a.noise_snr_db == (0.0, 20.0) and a.gain_db == (-6.0, 6.0)
+    assert cfg.optim.label_smoothing == 0.1 and cfg.data.sampling == "class_balanced"
+    assert cfg.optim.warmup_epochs == 2 and cfg.optim.scheduler == "warmup_cosine"
+    assert Config().augment == AugmentConfig() and not Config().augment.active  # off by default
+    exp = experiment_from_dict({"name": "x", "folds": [0]})
+    sets = ["augment.mixup_alpha=0.2", "augment.specaugment=true", "augment.noise_snr_db=[1,2]"]
+    run = plan_runs(exp, tmp_path, overrides=sets, progress=False)[0]
+    assert run.config.augment.mixup_alpha == 0.2 and run.config.augment.specaugment
+    assert run.config.augment.noise_snr_db == (1.0, 2.0)
+    with pytest.raises(ConfigError, match="augment.time_shift"):
+        plan_runs(exp, tmp_path, overrides=["augment.time_shift=2"], progress=False)
