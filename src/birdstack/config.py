@@ -289,16 +289,16 @@ class DataConfig:
     at the smallest class count. Splits are stratified by species and grouped by
     recording session (author + date when known).
 
+    ``min_class_recordings``: after all the rules, every selected class must keep at
+    least this many recordings, else :func:`birdstack.data.prepare.prepare` stops and
+    says which rule removed how many (``0``: no check; a class left with none is then
+    left out with a warning).
+
     ``sampling`` (training only): ``shuffle`` serves every training item once per epoch;
     ``class_balanced`` draws as many items with replacement, each with weight
     1 / (its class's item count), seeded by ``(trainer.seed, epoch)``: rare classes are
     oversampled instead of common ones being dropped (an alternative to ``balance``;
     single-process training: under DDP the loaders shuffle).
-
-    ``min_class_recordings``: after all the rules, every selected class must keep at
-    least this many recordings, else :func:`birdstack.data.prepare.prepare` stops and
-    says which rule removed how many (``0``: no check; a class left with none is then
-    left out with a warning).
     """
 
     path: str = "data/birds-demo"
