@@ -302,6 +302,12 @@ class DataConfig:
     least this many recordings, else :func:`birdstack.data.prepare.prepare` stops and
     says which rule removed how many (``0``: no check; a class left with none is then
     left out with a warning).
+
+    ``sampling`` (training only): ``shuffle`` serves every training item once per epoch;
+    ``class_balanced`` draws as many items with replacement, each with weight
+    1 / (its class's item count), seeded by ``(trainer.seed, epoch)``: rare classes are
+    oversampled instead of common ones being dropped (an alternative to ``balance``;
+    single-process training: under DDP the loaders shuffle).
     """
 
     path: str = "data/birds-demo"
@@ -310,6 +316,7 @@ class DataConfig:
     min_recordings: int = 1
     drop_secondary: bool = True
     balance: bool = True
+    sampling: Literal["shuffle", "class_balanced"] = "shuffle"
     n_folds: int = 5
     val_fold: int = 0
     single_session: Literal["split", "drop", "error"] = "split"
@@ -340,6 +347,92 @@ class DataConfig:
             raise ConfigError(
                 f"data.single_session={self.single_session!r}: use 'split', 'drop' or 'error'"
             )
+        if self.sampling not in ("shuffle", "class_balanced"):
+            raise ConfigError(f"data.sampling={self.sampling!r}: use 'shuffle' or 'class_balanced'")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentations (:mod:`birdstack.data.augment`); all off by default.
+
+    They change training items only: validation, ``evaluate`` and ``predict`` never
+    see them. Every draw comes from ``(trainer.seed, epoch, item)``, so a seed repeats
+    its augmented batches and a resumed run matches an uninterrupted one. Applied to
+    the log-mel spectrogram of one input (a ``segments`` window, or the trimmed
+    whole recording of ``stacked`` before it is cut into channels, so shifts and
+    masks follow real time across channels), in this order:
+
+    * ``noise_dir``: a folder of noise clips (no target species), turned into features
+      with the run's own preprocessing and cached; with probability ``noise_prob`` a
+      random crop of a random clip is mixed into the input in the power domain at a
+      signal-to-noise ratio drawn uniformly from ``noise_snr_db`` (dB);
+    * ``gain_db``: a random gain of the signal relative to the noise (dB range). Each
+      input is normalised to its own maximum, so a gain alone changes nothing: it
+      acts only on items that get noise, where it shifts the SNR (effective SNR = SNR
+      + gain, a wider SNR jitter). It needs ``noise_dir``;
+    * ``time_shift``: the input is shifted in time by up to this fraction of its
+      length, ``shift_mode="pad"`` filling the vacated frames with the floor (0) or
+      ``"roll"`` wrapping them around. For ``segments`` the random crops of
+      ``encoding.train_crops`` are already a shift; this adds one inside the window;
+    * ``specaugment``: ``time_masks`` masks of up to ``time_mask_frames`` frames and
+      ``freq_masks`` masks of up to ``freq_mask_bands`` mel bands, set to the floor (0);
+    * ``mixup_alpha`` (> 0: on): mixup of training batches with a Beta(alpha, alpha)
+      weight, targets (and a teacher's scores) mixed the same way.
+
+    With the BirdNET front end (inputs are feature vectors) only mixup applies; the
+    spectrogram augmentations are refused.
+
+    >>> AugmentConfig().active, AugmentConfig(mixup_alpha=0.4).item_level
+    (False, False)
+    """
+
+    time_shift: float = 0.0
+    shift_mode: Literal["pad", "roll"] = "pad"
+    specaugment: bool = False
+    time_masks: int = 2
+    time_mask_frames: int = 20
+    freq_masks: int = 2
+    freq_mask_bands: int = 12
+    mixup_alpha: float = 0.0
+    noise_dir: str | None = None
+    noise_prob: float = 1.0
+    noise_snr_db: tuple[float, ...] = (3.0, 30.0)
+    gain_db: tuple[float, ...] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.noise_dir == "":
+            object.__setattr__(self, "noise_dir", None)  # noise_dir: "" turns noise off
+        if not 0 <= self.time_shift < 1:
+            raise ConfigError(f"augment.time_shift={self.time_shift} must be in [0, 1)")
+        if self.shift_mode not in ("pad", "roll"):
+            raise ConfigError(f"augment.shift_mode={self.shift_mode!r}: use 'pad' or 'roll'")
+        for name in ("time_masks", "time_mask_frames", "freq_masks", "freq_mask_bands"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name}={getattr(self, name)} must be >= 0")
+        if self.mixup_alpha < 0:
+            raise ConfigError(f"augment.mixup_alpha={self.mixup_alpha} must be >= 0 (0: off)")
+        if not 0 <= self.noise_prob <= 1:
+            raise ConfigError(f"augment.noise_prob={self.noise_prob} must be in [0, 1]")
+        for name in ("noise_snr_db", "gain_db"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise ConfigError(f"augment.{name}={list(lo_hi)}: use [low, high] in dB")
+        if self.gain_db != (0.0, 0.0) and not self.noise_dir:
+            raise ConfigError(
+                "augment.gain_db needs augment.noise_dir: every input is normalised to its own "
+                "maximum, so a gain without noise would change nothing (set augment.gain_db=[0,0] "
+                "to turn noise off)"
+            )
+
+    @property
+    def item_level(self) -> bool:
+        """Whether any augmentation changes single items (all but mixup)."""
+        return bool(self.time_shift or self.specaugment or self.noise_dir)
+
+    @property
+    def active(self) -> bool:
+        """Whether any augmentation is on."""
+        return self.item_level or self.mixup_alpha > 0
 
 
 # --------------------------------------------------------------------------- model / optim
@@ -358,19 +451,41 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer by name with the study's settings (momentum 0.9 for rmsprop and sgd)."""
+    """Optimizer by name with the study's settings (momentum 0.9 for rmsprop and sgd).
+
+    ``scheduler``: ``none``; ``cosine`` (per epoch, to 0 at the last epoch); or
+    ``warmup_cosine``: per optimizer step, the learning rate rises linearly over the
+    first ``warmup_epochs`` (may be fractional) and then follows a cosine to 0 at the
+    last step. ``label_smoothing``: cross-entropy label smoothing of the training loss
+    (also the label term of distillation); validation loss is always plain.
+    """
 
     name: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine"] = "none"
+    scheduler: Literal["none", "cosine", "warmup_cosine"] = "none"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ConfigError(f"optim.lr={self.lr} must be positive")
-        if self.scheduler not in ("none", "cosine"):
-            raise ConfigError(f"optim.scheduler={self.scheduler!r}: use 'none' or 'cosine'")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(
+                f"optim.scheduler={self.scheduler!r}: use one of {', '.join(SCHEDULERS)}"
+            )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs} must be >= 0")
+        if self.warmup_epochs and self.scheduler != "warmup_cosine":
+            raise ConfigError(
+                f"optim.warmup_epochs needs optim.scheduler=warmup_cosine (got {self.scheduler!r})"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"optim.label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+SCHEDULERS = ("none", "cosine", "warmup_cosine")
 
 
 @dataclass(frozen=True)
@@ -512,12 +627,14 @@ class LocationConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """One experiment: data, preprocessing, model, optimizer, trainer and output folder."""
+    """One experiment: data, preprocessing, model, optimizer, (training-only) augmentations,
+    trainer and output folder."""
 
     data: DataConfig = field(default_factory=DataConfig)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     location: LocationConfig = field(default_factory=LocationConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

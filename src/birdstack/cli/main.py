@@ -49,6 +49,14 @@ def _csv(s: str) -> list[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
 
 
+def _range(s: str) -> list[float]:
+    """``"LO,HI"`` -> ``[LO, HI]`` (a dB range)."""
+    try:
+        return [float(v) for v in _csv(s)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: use LO,HI (numbers)") from None
+
+
 DATA_OPTS = [
     Opt(
         "--data",
@@ -222,7 +230,46 @@ TRAIN_OPTS = [
     Opt("--optimizer", "optim.name", str, "adam | adamw | rmsprop | adagrad | sgd"),
     Opt("--lr", "optim.lr", float, "learning rate (0.001)"),
     Opt("--weight-decay", "optim.weight_decay", float, "weight decay (0.0001)"),
-    Opt("--scheduler", "optim.scheduler", str, "none | cosine"),
+    Opt("--scheduler", "optim.scheduler", str, "none | cosine | warmup_cosine"),
+    Opt(
+        "--warmup-epochs",
+        "optim.warmup_epochs",
+        float,
+        "linear warm-up epochs, then cosine per step (implies --scheduler warmup_cosine)",
+    ),
+    Opt("--label-smoothing", "optim.label_smoothing", float, "cross-entropy label smoothing (0)"),
+    Opt(
+        "--sampling",
+        "data.sampling",
+        str,
+        "training items: shuffle (default) | class_balanced (weights 1/class count, with "
+        "replacement; an alternative to dropping recordings to balance classes)",
+    ),
+    # training-only augmentations (augment.*; off by default, see experiments/recipe.yaml)
+    Opt(
+        "--noise-dir",
+        "augment.noise_dir",
+        str,
+        "mix random crops of these noise clips into training inputs (SNR: --noise-snr-db)",
+    ),
+    Opt("--noise-snr-db", "augment.noise_snr_db", _range, "noise SNR range LO,HI in dB (3,30)"),
+    Opt(
+        "--gain-db",
+        "augment.gain_db",
+        _range,
+        "signal gain range LO,HI in dB relative to the noise, e.g. --gain-db=-6,6 (needs "
+        "--noise-dir)",
+    ),
+    Opt("--mixup", "augment.mixup_alpha", float, "mixup of training batches, Beta(ALPHA, ALPHA)"),
+    Opt(
+        "--specaugment",
+        "augment.specaugment",
+        None,
+        "SpecAugment time and frequency masks (augment.time_masks, freq_masks, ...)",
+        "store_const",
+        True,
+    ),
+    Opt("--time-shift", "augment.time_shift", float, "random time shift, fraction of the input"),
     Opt("--epochs", "trainer.epochs", int, "epochs (20)"),
     Opt("--batch-size", "trainer.batch_size", int, "batch size (16)"),
     Opt("--train-seed", "trainer.seed", int, "seed of initialisation and shuffling"),
@@ -274,6 +321,8 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
         flags["model.pretrained"] = True
     if flags.get("data.top_k") == "all":  # --all-species
         flags["data.top_k"] = None
+    if flags.get("optim.warmup_epochs") and "optim.scheduler" not in flags:
+        flags["optim.scheduler"] = "warmup_cosine"
     cfg = cfg.override(flags)
     return cfg.override(list(getattr(args, "set", None) or []))
 

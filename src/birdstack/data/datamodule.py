@@ -30,6 +30,7 @@ from birdstack.features.birdnet import pool_windows
 from birdstack.features.encoding import encode_segment, encode_stacked, segment_starts
 
 if TYPE_CHECKING:
+    from birdstack.data.augment import TrainAugment
     from birdstack.data.prepare import PreparedData
 
 
@@ -100,7 +101,11 @@ class BirdDataset(Dataset):
     window start is drawn when served: from ``(seed, epoch, index)`` when the
     sampler passes ``(index, epoch)`` pairs (:class:`EpochSeededSampler` with
     ``with_epoch=True``, so resumed runs draw the same crops), else from the
-    loader's RNG.
+    loader's RNG. ``augment`` (training sets only): a
+    :class:`~birdstack.data.augment.TrainAugment` that encodes every item with its
+    augmentations, drawn from ``(seed, epoch, index)`` the same way. An index may come
+    as ``(index, epoch, draw)``: the ``draw``-th serving of the item in that epoch
+    (class-balanced sampling), which gets crops and augmentations of its own.
 
     >>> ds = BirdDataset(records, Preprocessing(...))  # doctest: +SKIP
     >>> x, y, rec = ds[0]                              # doctest: +SKIP
@@ -114,8 +119,10 @@ class BirdDataset(Dataset):
         seed: int = 0,
         teacher: list[Any] | None = None,
         targets: MultiLabelTargets | None = None,
+        augment: TrainAugment | None = None,
     ) -> None:
         self.records = records.reset_index(drop=True)
+        self.augment = augment
         self.pre = preprocessing
         self.seed = seed
         # multi-label: the item's target is a float vector of the classes (else its label)
@@ -160,13 +167,18 @@ class BirdDataset(Dataset):
             self._cache[i] = np.ascontiguousarray(db.T).T if self.pre.is_birdnet else db
         return self._cache[i]
 
-    def _random_start(self, i: int, idx: int, epoch: int | None) -> int:
+    @property
+    def draws_per_epoch(self) -> bool:
+        """Whether items draw something each epoch (random crops, augmentations)."""
+        return self.random_crops is not None or self.augment is not None
+
+    def _random_start(self, i: int, idx: int, epoch: int | None, draw: int = 0) -> int:
         room = int(self.frames[i]) - self.window
         if room <= 0:
             return 0
         if epoch is None:
             return int(torch.randint(room + 1, ()).item())
-        rng = np.random.default_rng([self.seed, epoch, idx])
+        rng = np.random.default_rng([self.seed, epoch, idx] + ([draw] if draw else []))
         return int(rng.integers(room + 1))
 
     def _teacher_probs(self, i: int, start: int) -> torch.Tensor:
@@ -181,13 +193,13 @@ class BirdDataset(Dataset):
             p = t.probs
         return torch.as_tensor(np.asarray(p, dtype=np.float32))
 
-    def __getitem__(self, idx: int | tuple[int, int]) -> tuple[Any, ...]:
-        epoch = None
+    def __getitem__(self, idx: int | tuple[int, ...]) -> tuple[Any, ...]:
+        epoch, draw = None, 0
         if isinstance(idx, tuple):
-            idx, epoch = idx
+            idx, epoch, draw = idx if len(idx) == 3 else (*idx, 0)
         i, start = self.items[idx]
         if start == RANDOM_START:
-            start = self._random_start(i, idx, epoch)
+            start = self._random_start(i, idx, epoch, draw)
         db = self._db(i)
         enc = self.pre.encoding
         if self.pre.is_birdnet and enc.kind == "pooled":  # the whole recording, pooled once
@@ -196,6 +208,15 @@ class BirdDataset(Dataset):
             x = self._pooled[i]
         elif self.pre.is_birdnet:  # one BirdNET window: its embedding and logits, as they are
             x = np.array(db[:, start], dtype=np.float32)
+        elif self.augment is not None:  # training only: noise, shift, masks (data/augment.py)
+            from birdstack.data.augment import item_rng
+
+            rng = (
+                item_rng(self.seed, epoch, idx, draw)
+                if epoch is not None
+                else np.random.default_rng(int(torch.randint(2**62, ()).item()))
+            )
+            x = self.augment.encode(db, start, rng)
         elif enc.kind == "segments":
             x = encode_segment(db, start, self.window, self.top_db)
         else:
@@ -226,16 +247,44 @@ class EpochSeededSampler(Sampler):
     >>> s.set_epoch(3)
     >>> sorted(s)
     [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+    ``labels`` (class-balanced sampling, ``data.sampling=class_balanced``): each epoch
+    draws ``n`` indices with replacement, index ``i`` with weight 1 / (count of
+    ``labels[i]``), from ``(seed, epoch)`` alone. With ``with_epoch`` it then yields
+    ``(index, epoch, draw)``, ``draw`` counting earlier servings of the index in the epoch.
     """
 
-    def __init__(self, n: int, seed: int, with_epoch: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        with_epoch: bool = False,
+        labels: np.ndarray | None = None,
+    ) -> None:
         self.n, self.seed, self.epoch, self.with_epoch = n, seed, 0, with_epoch
+        self.weights: torch.Tensor | None = None
+        if labels is not None:
+            labels = np.asarray(labels)
+            if len(labels) != n:
+                raise ValueError("one label per item is needed")
+            _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+            self.weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+    def __iter__(self) -> Iterator[int | tuple[int, ...]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+            if not self.with_epoch:
+                return iter(order)
+            seen: dict[int, int] = {}
+            out = []
+            for i in order:
+                out.append((i, self.epoch, seen.get(i, 0)))
+                seen[i] = seen.get(i, 0) + 1
+            return iter(out)
         order = torch.randperm(self.n, generator=g).tolist()
         if self.with_epoch:
             return iter([(i, self.epoch) for i in order])
@@ -258,16 +307,21 @@ class BirdDataModule(L.LightningDataModule):
         teacher: dict[str, Any] | None = None,
         unlabelled: pd.DataFrame | None = None,
         task: TaskConfig | None = None,
+        augment: TrainAugment | None = None,
+        sampling: str = "shuffle",
     ) -> None:
         """``teacher``: recording path -> TeacherTable (distillation; the training items
         then carry the teacher's scores). ``unlabelled``: extra training records
-        (``cache_file``, ``frames``, ``path``; ``label_idx`` -1) trained on those alone."""
+        (``cache_file``, ``frames``, ``path``; ``label_idx`` -1) trained on those alone.
+        ``augment``: the training set's item augmentations (never the validation set's).
+        ``sampling``: ``shuffle`` or ``class_balanced`` (``data.sampling``)."""
         super().__init__()
         self.prepared = prepared
         self.val_fold = val_fold
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.sampling = sampling
         m = prepared.kept
         self.train_records = m[m["fold"] != val_fold].reset_index(drop=True)
         if unlabelled is not None and len(unlabelled):
@@ -296,13 +350,20 @@ class BirdDataModule(L.LightningDataModule):
             seed=seed,
             teacher=tables,
             targets=targets(self.train_records),
+            augment=augment,
         )
+        # never augmented
         self.val_set = BirdDataset(self.val_records, pre, targets=targets(self.val_records))
 
     def _loader(self, ds: BirdDataset, train: bool) -> DataLoader:
         sampler = None
         if train and not (self.trainer is not None and self.trainer.world_size > 1):
-            sampler = EpochSeededSampler(len(ds), self.seed, with_epoch=ds.random_crops is not None)
+            labels = None
+            if self.sampling == "class_balanced":  # weights 1 / class count, per item
+                labels = ds.labels[ds.item_recordings]
+            sampler = EpochSeededSampler(
+                len(ds), self.seed, with_epoch=ds.draws_per_epoch, labels=labels
+            )
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -323,11 +384,11 @@ class BirdDataModule(L.LightningDataModule):
     def stats_dataloader(self, epoch: int = 0) -> DataLoader:
         """The training inputs of ``epoch`` in a fixed order, for BatchNorm statistics.
 
-        Every training item once, with the random crops that training draws in that
-        epoch, unshuffled and with no batch dropped; the same on every process.
+        Every training item once, with the random crops (and augmentations) that training
+        draws in that epoch, unshuffled and with no batch dropped; the same on every process.
         """
         ds = self.train_set
-        crops = ds.random_crops is not None
+        crops = ds.draws_per_epoch
         order = [(i, epoch) if crops else i for i in range(len(ds))]
         return DataLoader(
             ds, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers

@@ -320,6 +320,9 @@ def plan_runs(
                 "trainer.progress": progress,
             }
         )
+        if cfg.augment.noise_dir:  # found like data.path (the experiment files are relative)
+            noise = _resolve_data_path(cfg.augment.noise_dir, exp)
+            cfg = cfg.override({"augment.noise_dir": noise})
         fold_list = list(range(cfg.data.n_folds)) if fold_spec == "all" else list(fold_spec)
         for k in fold_list:
             if not 0 <= k < cfg.data.n_folds:

@@ -184,6 +184,8 @@ def distillation_loss(
     """``(1 - alpha) * CE`` on labelled items (``labels >= 0``) ``+ alpha * T^2 * KL``.
 
     Items without a label (``-1``, unlabelled audio) count in the KL term only.
+    ``labels`` may be float targets ``[B, K]`` (mixup): the label term is then
+    :func:`birdstack.data.augment.soft_cross_entropy` (rows weighted by their mass).
 
     >>> z = torch.tensor([[2.0, 0.0]]); t = torch.tensor([[0.5, 0.5]])
     >>> round(float(distillation_loss(z, torch.tensor([0]), t, alpha=0.0, temperature=1)), 4)
@@ -191,7 +193,11 @@ def distillation_loss(
     """
     labelled = labels >= 0
     ce = logits.new_zeros(())
-    if labelled.any():
+    if labels.is_floating_point():
+        from birdstack.data.augment import soft_cross_entropy
+
+        ce = soft_cross_entropy(logits, labels, smoothing)
+    elif labelled.any():
         ce = F.cross_entropy(logits[labelled], labels[labelled], label_smoothing=smoothing)
     t = temperature
     target = torch.softmax(torch.log(teacher_probs.clamp_min(1e-8)) / t, dim=-1)

@@ -26,7 +26,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from birdstack.config import ConfigError, DistillConfig, OptimConfig, TaskConfig
+from birdstack.config import AugmentConfig, ConfigError, DistillConfig, OptimConfig, TaskConfig
 from birdstack.utils import BirdstackError
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "adagrad", "sgd")
@@ -85,8 +85,10 @@ def init_prior_bias(net: nn.Module, prior: float) -> None:
 
 
 class BirdClassifier(L.LightningModule):
-    """The classifier: single-label (softmax, cross-entropy) or multi-label (sigmoid,
-    BCE / focal) by ``task.kind``.
+    """The classifier: single-label (softmax, cross-entropy; ``optim.label_smoothing``) or
+    multi-label (sigmoid, BCE / focal) by ``task.kind``; ``augment.mixup_alpha > 0``
+    trains on mixed batches and soft targets (both tasks). Validation loss is plain
+    cross-entropy (BCE) on unmixed inputs.
 
     Multi-label validation logs ``val/cmap``, ``val/auroc`` (windows) and
     ``val/rec_cmap``, ``val/rec_auroc``, ``val/rec_top1``, ``val/rec_f1_rowwise``
@@ -108,9 +110,12 @@ class BirdClassifier(L.LightningModule):
         pool: str = "mean",
         distill: DistillConfig | None = None,
         task: TaskConfig | None = None,
+        augment: AugmentConfig | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        # mixup of training batches (augment.mixup_alpha > 0; item augmentations are the data's)
+        self.mixup_alpha = augment.mixup_alpha if augment is not None else 0.0
         self.pool = pool
         self.task = task if task is not None else TaskConfig()
         self.multilabel = self.task.multilabel
@@ -155,25 +160,73 @@ class BirdClassifier(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
         if self.multilabel:
-            loss = multilabel_loss(logits, y.to(logits.dtype), self.task)
+            targets = y.to(torch.float32)
+            if self.mixup_alpha > 0:  # multi-hot targets mixed with the inputs
+                from birdstack.data.augment import mixup, mixup_draw
+
+                lam, perm = mixup_draw(
+                    self.mixup_alpha,
+                    len(y),
+                    self.seed,
+                    self.current_epoch,
+                    batch_idx,
+                    self.global_rank,
+                )
+                x, targets = mixup(x, targets, lam, perm.to(x.device))
+            logits = self(x)
+            loss = multilabel_loss(logits, targets.to(logits.dtype), self.task)
             self.log(
                 "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
             )
             return loss
-        if self.distill is not None and len(batch) == 4:
+        smoothing = self.optim_cfg.label_smoothing
+        if self.mixup_alpha > 0:
+            logits, loss = self._mixup_step(batch, batch_idx)
+        elif self.distill is not None and len(batch) == 4:
             from birdstack.training.distill import distillation_loss
 
+            logits = self(x)
             d = self.distill
-            loss = distillation_loss(logits, y, batch[3], d.alpha, d.temperature)
+            loss = distillation_loss(logits, y, batch[3], d.alpha, d.temperature, smoothing)
         else:
-            loss = F.cross_entropy(logits, y)
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         labelled = y >= 0  # unlabelled audio (distillation) has no label to score
         if labelled.any():
             self.train_metrics.update(logits[labelled], y[labelled])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
+
+    def _mixup_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and loss of a mixup batch: inputs, one-hot targets (and a teacher's scores)
+        mixed with one ``lam ~ Beta(alpha, alpha)`` and pairing, drawn from (seed, epoch,
+        batch) (:func:`birdstack.data.augment.mixup_draw`)."""
+        from birdstack.data.augment import mixup, mixup_draw, one_hot_targets, soft_cross_entropy
+
+        x, y = batch[0], batch[1]
+        lam, perm = mixup_draw(
+            self.mixup_alpha, len(y), self.seed, self.current_epoch, batch_idx, self.global_rank
+        )
+        perm = perm.to(x.device)
+        targets = one_hot_targets(y, len(self.class_names))
+        teacher = batch[3] if self.distill is not None and len(batch) == 4 else None
+        if teacher is not None:  # mixed like the targets: one tensor, one pairing
+            targets = torch.cat([targets, teacher.to(targets)], dim=1)
+        x, targets = mixup(x, targets, lam, perm)
+        logits = self(x)
+        smoothing = self.optim_cfg.label_smoothing
+        k = len(self.class_names)
+        if teacher is None:
+            return logits, soft_cross_entropy(logits, targets, smoothing)
+        from birdstack.training.distill import distillation_loss
+
+        d = self.distill
+        assert d is not None
+        loss = distillation_loss(
+            logits, targets[:, :k], targets[:, k:], d.alpha, d.temperature, smoothing
+        )
+        return logits, loss
 
     def on_train_epoch_end(self) -> None:
         if not self.multilabel:
@@ -281,6 +334,12 @@ class BirdClassifier(L.LightningModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:
         opt = build_optimizer([p for p in self.parameters() if p.requires_grad], self.optim_cfg)
+        if self.optim_cfg.scheduler == "warmup_cosine":
+            epochs = self.trainer.max_epochs if self.trainer is not None else 1
+            total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
+            warmup = int(round(self.optim_cfg.warmup_epochs * total / max(1, epochs or 1)))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if self.optim_cfg.scheduler == "cosine":
             epochs = self.trainer.max_epochs if self.trainer is not None else 1
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
@@ -314,6 +373,31 @@ class BirdClassifier(L.LightningModule):
 
 
 CHECKPOINT_FORMAT = "birdstack-checkpoint/1"
+
+
+class WarmupCosine:
+    """Learning-rate factor of optimizer step ``s``: linear warm-up, then cosine to 0.
+
+    An object, not a closure, so ``LambdaLR`` saves it in checkpoints (plain values).
+
+    ``(s + 1) / warmup`` for the first ``warmup`` steps, then
+    ``0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))``.
+
+    >>> f = WarmupCosine(2, 6)
+    >>> [round(f(s), 3) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
+    """
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = max(0, int(warmup)), max(1, int(total))
+
+    def __call__(self, step: int) -> float:
+        import math
+
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(1, self.total - self.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - self.warmup) / span)))
 
 
 def pool_by_recording(

@@ -133,6 +133,9 @@ def validate_config(cfg: Config) -> None:
         and cfg.preprocessing.window_frames() < 8
     ):
         raise ConfigError("encoding.window_s is too short for a spectrogram input (< 8 frames)")
+    from birdstack.data.augment import check_augment
+
+    check_augment(resolve_config(cfg))
     _check_trainer_settings(cfg)
 
 
@@ -281,6 +284,7 @@ def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
         pool=prepared.preprocessing.encoding.pool,
         distill=cfg.distill,
         task=cfg.task,
+        augment=cfg.augment,
     )
 
 
@@ -366,6 +370,27 @@ def distillation_inputs(
     return dict(zip(paths, tables)), unlabelled
 
 
+def train_augment(cfg: Config, prepared: PreparedData) -> Any:
+    """The training set's item augmentations (``None`` when none is on); noise clips are
+    turned into features with the run's preprocessing through the feature cache."""
+    if not cfg.augment.item_level:
+        return None
+    from birdstack.data.augment import TrainAugment, noise_features
+    from birdstack.data.prepare import default_cache_dir
+
+    noise: list[str] = []
+    if cfg.augment.noise_dir:
+        root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+        noise = noise_features(
+            cfg.augment.noise_dir,
+            prepared.preprocessing,
+            root,
+            cfg.data.workers,
+            cfg.trainer.progress,
+        )
+    return TrainAugment(cfg.augment, prepared.preprocessing, noise)
+
+
 def location_factors_for(
     records: pd.DataFrame, class_map: Any, cfg: Config, model_file: str | None = None
 ) -> torch.Tensor | None:
@@ -430,6 +455,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         teacher=teacher,
         unlabelled=unlabelled,
         task=cfg.task,
+        augment=train_augment(cfg, prepared),
+        sampling=cfg.data.sampling,
     )
     if len(dm.train_set) == 0 or len(dm.val_set) == 0:
         raise ConfigError(
