@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, fbeta_score, roc_auc_score
 
 from birdstack.config import Config, ConfigError
 from birdstack.data.annotations import (
@@ -112,6 +112,14 @@ def test_thresholds_maximise_f1_per_class(scored):
         if lo < thr[c] < hi:
             assert got == pytest.approx(best)
     assert ((thr >= THRESHOLD_RANGE[0]) & (thr <= THRESHOLD_RANGE[1])).all()
+    # F0.5 weighs precision more: never a lower threshold than F1's, higher for some class
+    strict = tune_thresholds(y, s, default=0.5, beta=0.5)
+    assert (strict >= thr).all() and (strict > thr).any()
+    for c in range(5):
+        lo, hi = THRESHOLD_RANGE
+        if lo < strict[c] < hi:
+            best = max(fbeta_score(y[:, c], s[:, c] >= t, beta=0.5) for t in np.unique(s[:, c]))
+            assert fbeta_score(y[:, c], s[:, c] >= strict[c], beta=0.5) == pytest.approx(best)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -297,7 +297,8 @@ def aggregate_runs(per_run: pd.DataFrame, order: Sequence[str] | None = None) ->
         row["n_runs"] = len(done)
         row["n_failed"] = len(sub) - len(done)
         rows.append(row)
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    extra = [f"{c}_{s}" for c in per_run.columns if c.startswith("val/") for s in ("mean", "std")]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS + extra)
 
 
 PAIRED_COLUMNS = [

@@ -96,7 +96,8 @@ class BirdClassifier(L.LightningModule):
     holds negative clips (``data.negatives``, marked by :attr:`val_negative`),
     ``val/rec_open_set``: the share of them with some species above threshold.
     Per-class thresholds are chosen on the validation windows that are not such
-    negatives (highest F1, see :func:`~birdstack.evaluation.metrics.tune_thresholds`)
+    negatives (highest F-beta, ``task.threshold_beta``; see
+    :func:`~birdstack.evaluation.metrics.tune_thresholds`)
     at every validation and saved in the checkpoint.
     """
 
@@ -302,7 +303,10 @@ class BirdClassifier(L.LightningModule):
         keep = ~neg.numpy()
         if self.task.tune_thresholds and keep.any():
             self.thresholds = [
-                float(t) for t in tune_thresholds(y[keep], p[keep], self.task.threshold)
+                float(t)
+                for t in tune_thresholds(
+                    y[keep], p[keep], self.task.threshold, self.task.threshold_beta
+                )
             ]
         thr = np.asarray(self.thresholds)
         out: dict[str, float] = {}
