@@ -350,7 +350,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(args.out_prepare or Path(cfg.out_dir) / "data")
-    prepared = prepare(cfg.data, cfg.preprocessing, out, progress=_progress(args))
+    prepared = prepare(cfg.data, cfg.preprocessing, out, progress=_progress(args), task=cfg.task)
     print(f"manifest: {out / 'manifest.csv'}")
     return _skip_exit(len(prepared.skipped), args)
 
