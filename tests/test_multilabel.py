@@ -356,3 +356,19 @@ def test_predict_reports_every_species_above_its_stored_threshold(
     assert all(classes[0] in s and classes[1] not in s for s in per_window)
     conf = det[det["species"] == classes[2]]["confidence"]
     assert (conf >= 0.5).all()
+
+
+def test_onnx_export_keeps_thresholds_and_sigmoid(ml_run, tmp_path):
+    from birdstack.inference.export import export_onnx
+    from birdstack.inference.predictor import Predictor
+
+    onnx_path = export_onnx(ml_run.best_checkpoint, tmp_path / "m.onnx")
+    via_onnx = Predictor.from_onnx(onnx_path)
+    via_torch = Predictor.from_checkpoint(ml_run.best_checkpoint)
+    assert via_onnx.multilabel and via_torch.multilabel
+    np.testing.assert_allclose(via_onnx.thresholds, via_torch.thresholds)
+    x = np.random.default_rng(0).random((3, *via_torch.preprocessing.input_shape()), np.float32)
+    p_onnx = via_onnx.activation(via_onnx.logits(x))
+    p_torch = via_torch.activation(via_torch.logits(x))
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
+    assert not np.allclose(p_torch.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
