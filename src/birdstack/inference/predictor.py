@@ -66,7 +66,7 @@ log = get_logger("inference")
 RUNTIMES = ("torch", "onnx")
 DEFAULT_BLOCK_S = 60.0
 
-__all__ = ["RUNTIMES", "Prediction", "Predictor", "softmax"]
+__all__ = ["RUNTIMES", "FrameBuffer", "Prediction", "Predictor", "softmax"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -307,6 +307,60 @@ def ordered_map(
 # --------------------------------------------------------------------------- window scoring
 
 
+class FrameBuffer:
+    """The frames ``[n_mels, f]`` of one spectrogram that later windows may still need.
+
+    Chunks are kept as they arrive (no growing array copied on every push: a
+    ``stacked`` model's centred recording window keeps up to half of a long file's
+    frames) and dropped from the front once no window can need them; a window that
+    spans chunks is assembled on demand.
+
+    >>> b = FrameBuffer()
+    >>> b.append(np.arange(6.0).reshape(1, 6)); b.append(np.arange(6.0, 9.0).reshape(1, 3))
+    >>> b.drop_before(4); b.frames(4, 3).tolist(), b.start
+    ([[4.0, 5.0, 6.0]], 4)
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self.start = 0  # global frame index of chunks[0][:, 0]
+        self.end = 0  # global frame index after the last frame
+
+    def append(self, db: np.ndarray) -> None:
+        """Add the next frames."""
+        if db.shape[1]:
+            self.chunks.append(db)
+            self.end += db.shape[1]
+
+    def drop_before(self, frame: int) -> None:
+        """Forget the frames before ``frame`` (whole chunks freed, a partial one copied)."""
+        while self.chunks and self.start + self.chunks[0].shape[1] <= frame:
+            self.start += self.chunks.pop(0).shape[1]
+        if self.chunks and frame > self.start:
+            self.chunks[0] = self.chunks[0][:, frame - self.start :].copy()
+            self.start = frame
+
+    def frames(self, start: int, length: int) -> np.ndarray:
+        """Frames ``start .. start + length`` (fewer at the end of what has arrived)."""
+        assert start >= self.start, f"frame {start} was already dropped ({self.start})"
+        stop = min(start + length, self.end)
+        parts = []
+        pos = self.start
+        for c in self.chunks:
+            c0, c1 = max(start, pos), min(stop, pos + c.shape[1])
+            if c0 < c1:
+                parts.append(c[:, c0 - pos : c1 - pos])
+            pos += c.shape[1]
+            if pos >= stop:
+                break
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            n_mels = self.chunks[0].shape[0] if self.chunks else 0
+            return np.zeros((n_mels, 0), dtype=np.float32)
+        return np.concatenate(parts, axis=1)
+
+
 @dataclass
 class _RuleState:
     rule: WindowRule
@@ -330,8 +384,7 @@ class WindowScorer:
     activation: Callable[[np.ndarray], np.ndarray] = softmax
     n_frames: int = 0
     _states: dict[str, _RuleState] = field(default_factory=dict)
-    _buf: np.ndarray | None = None
-    _buf0: int = 0
+    _buf: FrameBuffer = field(default_factory=FrameBuffer)
     _pending: list[tuple[tuple[int, int], np.ndarray]] = field(default_factory=list)
     _pending_keys: set[tuple[int, int]] = field(default_factory=set)
     _probs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
@@ -346,7 +399,7 @@ class WindowScorer:
         """Append frames ``[n_mels, f]`` and score every window they complete."""
         if db.shape[1] == 0:
             return
-        self._buf = db if self._buf is None else np.concatenate([self._buf, db], axis=1)
+        self._buf.append(db)
         self.n_frames += db.shape[1]
         for st in self._states.values():
             regular = st.rule.regular_until(self.n_frames)
@@ -357,10 +410,7 @@ class WindowScorer:
             [keep_from(st.rule, st.next_k, self.n_frames) for st in self._states.values()]
             + [self.n_frames - self._max_len]
         )
-        keep = max(keep, self._buf0)
-        if keep > self._buf0:
-            self._buf = self._buf[:, keep - self._buf0 :].copy()
-            self._buf0 = keep
+        self._buf.drop_before(keep)
 
     def finish(self) -> dict[str, tuple[list[int], np.ndarray]]:
         """Score the tail windows; per rule: its start frames and probabilities ``[W, K]``."""
@@ -380,8 +430,7 @@ class WindowScorer:
         key = (start, length)
         if key in self._probs or key in self._pending_keys:
             return
-        assert self._buf is not None and start >= self._buf0
-        frames = self._buf[:, start - self._buf0 : start - self._buf0 + length]
+        frames = self._buf.frames(start, length)
         self._pending.append((key, self.encode(frames, length)))
         self._pending_keys.add(key)
         if len(self._pending) >= self.batch_size:
