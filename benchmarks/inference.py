@@ -1,15 +1,21 @@
 """Inference speed: real-time factor (audio seconds per wall second) of ``Predictor.predict``.
 
     .venv/bin/python benchmarks/inference.py                 # 30 min, 2 threads
-    .venv/bin/python benchmarks/inference.py --minutes 60    # the 1-hour memory check
+    .venv/bin/python benchmarks/inference.py --minutes 60 --models mobilenet_compact \
+        --runtimes onnx --containers ogg                     # the 1-hour memory check
 
 A long recording is made by concatenating real recordings (birds-dev when present:
 ``$BIRDSTACK_DEV_DATA``, ``data/birds-dev`` or ``../shared/data/birds-dev``; else the
-embedded ``data/birds-demo``) to at least ``--minutes`` and written to a temporary
-WAV (``--container ogg`` for Ogg Vorbis). Each configuration (model x runtime) runs
-in its own process so its peak memory (RSS, polled with psutil) is its own; "growth"
-is the peak minus the RSS just before the measured run (libraries and the model are
-already loaded then), i.e. what processing the file itself needed. The time covers
+embedded ``data/birds-demo``) to at least ``--minutes``, written to a temporary
+WAV and transcoded with soundfile into each of ``--containers`` (Ogg Vorbis, MP3,
+FLAC; a codec this libsndfile lacks is skipped with the reason printed). Each
+configuration (container x model x runtime) runs in its own process so its peak
+memory (RSS, polled with psutil) is its own; "growth" is the peak minus the RSS
+just before the measured run (libraries and the model are already loaded then),
+i.e. what processing the file itself needed. The memory table gives the RSS after
+the imports, after loading the model and the peak, and the imports' share of the
+peak; the ``birdstack predict`` row runs the command line itself (ONNX export
+given, ``--threads``) and polls its RSS from outside. The time covers
 decoding, log-mel and the model (loading the model is not counted); "CPU s" is the
 process CPU time, a figure less sensitive than wall time to other load on the machine.
 Decoding alone and decoding + log-mel are printed as ceilings. The models are
@@ -32,6 +38,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("mobilenet_compact", "resnet18")
 RUNTIMES = ("torch", "onnx")
+CONTAINERS = {  # soundfile format, subtype
+    "wav": ("WAV", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "flac": ("FLAC", "PCM_16"),
+}
+
+
+def rss_now() -> dict:
+    """Resident memory now: total, anonymous (private) and file-backed (shared libraries)."""
+    import psutil
+
+    out = {"rss": psutil.Process().memory_info().rss}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("RssAnon:", "RssFile:")):
+                    key = "anon" if line.startswith("RssAnon") else "file"
+                    out[key] = int(line.split()[1]) * 1024
+    except OSError:  # not Linux
+        pass
+    return out
 
 
 def find_data() -> Path:
@@ -85,7 +113,7 @@ def make_long_recording(data: Path, minutes: float, out: Path, container: str) -
     frames = [1 + int(i.duration_s * sr) // 512 for i in infos]
     labels = [f.parent.name for f in files]
     need = int(minutes * 60 * sr)
-    fmt = {"wav": ("WAV", "PCM_16"), "ogg": ("OGG", "VORBIS")}[container]
+    fmt = CONTAINERS[container]
     total, i = 0, 0
     with sf.SoundFile(out, "w", sr, 1, format=fmt[0], subtype=fmt[1]) as fh:
         while total < need:
@@ -94,6 +122,31 @@ def make_long_recording(data: Path, minutes: float, out: Path, container: str) -
             total += w.size
             i += 1
     return {"seconds": total / sr, "frames": frames, "labels": labels, "n_files": len(files)}
+
+
+def container_problem(container: str) -> str | None:
+    """Why soundfile cannot write ``container`` here, or ``None``."""
+    import soundfile as sf
+
+    fmt, subtype = CONTAINERS[container]
+    if fmt not in sf.available_formats():
+        return f"libsndfile {sf.__libsndfile_version__} has no {fmt} format"
+    if subtype not in sf.available_subtypes(fmt):
+        return f"libsndfile {sf.__libsndfile_version__} cannot write {fmt}/{subtype}"
+    return None
+
+
+def transcode(src: Path, out: Path, container: str, block: int = 32000 * 60) -> None:
+    """Re-encode ``src`` into ``out`` block by block (bounded memory)."""
+    import soundfile as sf
+
+    fmt, subtype = CONTAINERS[container]
+    with (
+        sf.SoundFile(src) as fin,
+        sf.SoundFile(out, "w", fin.samplerate, fin.channels, format=fmt, subtype=subtype) as fout,
+    ):
+        for b in fin.blocks(blocksize=block, dtype="float32"):
+            fout.write(b)
 
 
 def make_checkpoint(path: Path, model: str, target_frames: int, n_classes: int) -> None:
@@ -138,7 +191,14 @@ def run_one(
     kind: str, audio: Path, ckpt: Path | None, runtime: str, threads: int, repeat: int = 2
 ) -> dict:
     """Measure one configuration in this process (best of ``repeat`` runs)."""
+    phases = {"start": rss_now()}
+    import numpy  # noqa: F401
+    import onnxruntime  # noqa: F401
     import torch
+
+    import birdstack.inference.predictor  # noqa: F401
+
+    phases["imports"] = rss_now()
 
     torch.set_num_threads(threads)
     from birdstack.features.audio import audio_info, stream_audio
@@ -163,19 +223,51 @@ def run_one(
         return _measure(seconds, repeat, features)[0]
 
     assert ckpt is not None
-    onnx_path = None
-    if runtime == "onnx":
-        from birdstack.inference.export import export_onnx
-
-        onnx_path = export_onnx(ckpt, ckpt.with_suffix(".onnx"))
-    pred = Predictor.from_checkpoint(ckpt, runtime=runtime, onnx_path=onnx_path, threads=threads)
+    if runtime == "onnx":  # exported beforehand (main), as a user runs an exported model
+        pred = Predictor.from_onnx(ckpt.with_suffix(".onnx"), threads=threads)
+    else:
+        pred = Predictor.from_checkpoint(ckpt, runtime=runtime, threads=threads)
+    phases["model"] = rss_now()
     pred.predict(__import__("numpy").zeros(32000 * 40, "float32"))  # warm-up
     figures, result = _measure(seconds, repeat, lambda: pred.predict(audio))
     return {
         **figures,
+        "phases": phases,
         "windows": int(len(result.starts_s)),
         "input_shape": list(pred.preprocessing.input_shape()),
     }
+
+
+def run_cli(audio: Path, onnx: Path, threads: int, out: Path) -> dict:
+    """``birdstack predict MODEL.onnx AUDIO`` as a user runs it; peak RSS polled from outside."""
+    import psutil
+
+    seconds = _audio_seconds(audio)
+    cmd = [sys.executable, "-m", "birdstack.cli.main", "predict", str(onnx), str(audio)]
+    cmd += ["--out", str(out), "--threads", str(threads), "--no-progress"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak, cpu = 0, 0.0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+            t = ps.cpu_times()
+            cpu = t.user + t.system
+        except psutil.Error:
+            break
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.wait() != 0:
+        raise RuntimeError(f"birdstack predict failed:\n{err[-3000:]}")
+    return {"seconds": seconds, "wall": wall, "cpu": cpu, "peak_rss": peak, "base_rss": 0}
+
+
+def _audio_seconds(audio: Path) -> float:
+    from birdstack.features.audio import audio_info
+
+    return audio_info(audio).duration_s
 
 
 def _measure(seconds: float, repeat: int, fn) -> tuple[dict, object]:
@@ -205,10 +297,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--container", choices=("wav", "ogg"), default="wav")
+    ap.add_argument(
+        "--containers",
+        nargs="+",
+        choices=tuple(CONTAINERS),
+        default=["ogg", "mp3", "flac"],
+        help="input formats, each made from the same audio (default: ogg mp3 flac)",
+    )
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     ap.add_argument("--repeat", type=int, default=2, help="runs per configuration (best counts)")
+    ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -219,55 +318,128 @@ def main() -> None:
         return
 
     from birdstack.features.encoding import target_frames_rule
+    from birdstack.inference.export import export_onnx
 
     data = find_data()
+    print(f"load average at the start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    rows: list[tuple[str, str, str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="birdstack-bench-") as tmp:
         tmpd = Path(tmp)
-        audio = tmpd / f"long.{args.container}"
+        wav = tmpd / "long.wav"
         t = time.perf_counter()
-        src = make_long_recording(data, args.minutes, audio, args.container)
+        src = make_long_recording(data, args.minutes, wav, "wav")
         target = target_frames_rule(src["frames"], src["labels"], 0.8, 10)
         n_classes = len(set(src["labels"]))
         print(
             f"recording: {src['seconds'] / 60:.1f} min from {src['n_files']} files of {data.name} "
-            f"({args.container}, {audio.stat().st_size / 1e6:.0f} MB, made in "
-            f"{time.perf_counter() - t:.0f} s); stacked target {target} frames "
+            f"(made in {time.perf_counter() - t:.0f} s); stacked target {target} frames "
             f"({target * 512 / 32000:.1f} s), {n_classes} classes, {args.threads} threads"
         )
         ckpts = {}
         for m in args.models:
             ckpts[m] = tmpd / f"{m}.ckpt"
             make_checkpoint(ckpts[m], m, target, n_classes)
+            if "onnx" in args.runtimes:
+                export_onnx(ckpts[m], ckpts[m].with_suffix(".onnx"))
 
-        rows: list[tuple[str, str, dict]] = []
         th, rep = str(args.threads), str(args.repeat)
         first = str(ckpts[args.models[0]])
-        rows.append(("decoding only", "", _subprocess(["decode", str(audio), "-", "-", th, rep])))
-        rows.append(
-            ("decoding + log-mel", "", _subprocess(["features", str(audio), first, "-", th, rep]))
-        )
-        for m in args.models:
-            for rt in args.runtimes:
-                argv = ["predict", str(audio), str(ckpts[m]), rt, th, rep]
-                rows.append((m, rt, _subprocess(argv)))
+        for c in args.containers:
+            problem = container_problem(c)
+            if problem:
+                print(f"{c}: skipped ({problem})")
+                continue
+            audio = wav if c == "wav" else tmpd / f"long.{c}"
+            if c != "wav":
+                t = time.perf_counter()
+                transcode(wav, audio, c)
+                print(
+                    f"{c}: {audio.stat().st_size / 1e6:.0f} MB, encoded in "
+                    f"{time.perf_counter() - t:.0f} s"
+                )
+            rows.append(
+                (c, "decoding only", "", _subprocess(["decode", str(audio), "-", "-", th, rep]))
+            )
+            rows.append(
+                (
+                    c,
+                    "decoding + log-mel",
+                    "",
+                    _subprocess(["features", str(audio), first, "-", th, rep]),
+                )
+            )
+            for m in args.models:
+                for rt in args.runtimes:
+                    argv = ["predict", str(audio), str(ckpts[m]), rt, th, rep]
+                    rows.append((c, m, rt, _subprocess(argv)))
+            if "onnx" in args.runtimes:
+                m = args.models[0]
+                out = tmpd / f"out-{c}"
+                r = run_cli(audio, ckpts[m].with_suffix(".onnx"), args.threads, out)
+                rows.append((c, f"birdstack predict ({m})", "onnx", r))
 
     load = f" (load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
     print(f"\nbest of {args.repeat} runs each{load}")
     print(
-        f"{'configuration':<22} {'runtime':<8} {'wall s':>8} {'RTF':>9} {'CPU s':>7} "
-        f"{'peak RSS':>10} {'growth':>8}"
+        f"{'input':<5} {'configuration':<38} {'runtime':<8} {'wall s':>8} {'RTF':>9} "
+        f"{'CPU s':>7} {'CPU s/h':>8} {'peak RSS':>10} {'growth':>8}"
     )
-    for name, rt, r in rows:
+    for c, name, rt, r in rows:
         rtf = r["seconds"] / r["wall"]
+        per_h = r["cpu"] / (r["seconds"] / 3600)
+        growth = (r["peak_rss"] - r["base_rss"]) / 2**20 if r["base_rss"] else float("nan")
         print(
-            f"{name:<22} {rt:<8} {r['wall']:>8.2f} {rtf:>8.0f}x {r['cpu']:>7.2f} "
-            f"{r['peak_rss'] / 2**20:>7.0f} MiB {(r['peak_rss'] - r['base_rss']) / 2**20:>4.0f} MiB"
+            f"{c:<5} {name:<38} {rt:<8} {r['wall']:>8.2f} {rtf:>8.0f}x {r['cpu']:>7.2f} "
+            f"{per_h:>8.1f} {r['peak_rss'] / 2**20:>7.0f} MiB {growth:>4.0f} MiB"
         )
-    by = {(n, rt): r for n, rt, r in rows}
-    for m in args.models:
-        if (m, "torch") in by and (m, "onnx") in by:
-            ratio = by[(m, "torch")]["wall"] / by[(m, "onnx")]["wall"]
-            print(f"{m}: ONNX Runtime is {ratio:.2f}x the speed of PyTorch eager")
+    print("(the birdstack predict row: the whole command, imports and model loading included)")
+    by = {(c, n, rt): r for c, n, rt, r in rows}
+    for c in args.containers:
+        for m in args.models:
+            if (c, m, "torch") in by and (c, m, "onnx") in by:
+                ratio = by[(c, m, "torch")]["wall"] / by[(c, m, "onnx")]["wall"]
+                cpu = by[(c, m, "torch")]["cpu"] / by[(c, m, "onnx")]["cpu"]
+                print(
+                    f"{c} {m}: ONNX Runtime is {ratio:.2f}x the speed of PyTorch eager "
+                    f"({cpu:.2f}x in CPU time)"
+                )
+        base = by.get((c, "decoding only", ""))
+        for m in args.models:
+            r = by.get((c, m, "onnx")) or by.get((c, m, "torch"))
+            if base and r:
+                print(
+                    f"{c} {m}: predict takes {r['cpu'] / base['cpu']:.2f}x the CPU time "
+                    "of decoding alone"
+                )
+    print(
+        "\nmemory (MiB): RSS after the imports (torch, onnxruntime, birdstack), after loading "
+        "the model, peak while predicting; anon = private, file = shared library pages"
+    )
+    for c, name, rt, r in rows:
+        ph = r.get("phases")
+        if not ph or "model" not in ph:
+            continue
+        imp, mod, peak = ph["imports"], ph["model"], r["peak_rss"]
+        print(
+            f"{c:<5} {name:<20} {rt:<6} imports {imp['rss'] / 2**20:>5.0f} "
+            f"(anon {imp.get('anon', 0) / 2**20:.0f}, file {imp.get('file', 0) / 2**20:.0f}), "
+            f"model loaded {mod['rss'] / 2**20:>5.0f}, peak {peak / 2**20:>5.0f}; "
+            f"imports are {imp['rss'] / peak:.0%} of the peak"
+        )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "argv": sys.argv,
+                    "minutes": args.minutes,
+                    "load_end": os.getloadavg()[0],
+                    "rows": [
+                        {"input": c, "configuration": n, "runtime": rt, **r} for c, n, rt, r in rows
+                    ],
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":
