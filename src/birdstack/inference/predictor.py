@@ -114,6 +114,11 @@ class OnnxRunner:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # No memory arena or pre-planned memory pattern: the arena keeps the largest
+        # batch's activations for the whole run (about 180 MB more at peak for 43 s
+        # stacked windows in batches of 32, 1 h Ogg); the scores are the same.
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
         self.session = ort.InferenceSession(
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
