@@ -24,8 +24,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help="labelled recordings: BirdCLEF-style folder (train_metadata.csv) or "
-        "one folder per species",
+        help="labelled recordings: BirdCLEF-style folder (train_metadata.csv), one folder per "
+        "species, or annotated soundscapes (annotations.csv or Raven tables: scored "
+        "multi-label, per window and per clip)",
     )
     p.add_argument(
         "--manifest", help="only the recordings of this manifest (RUN/data/manifest.csv)"
