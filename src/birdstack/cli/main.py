@@ -362,11 +362,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = cfg.override({"trainer.progress": _progress(args)})
     result = train(cfg, resume=args.resume)
     b = result.best
-    print(
-        f"best epoch {int(b.get('epoch', -1)) + 1}: val/acc {b.get('val/acc', float('nan')):.3f}  "
-        f"val/f1_macro {b.get('val/f1_macro', float('nan')):.3f}  "
-        f"val/loss {b.get('val/loss', float('nan')):.3f}  ({result.wall_time_s:.0f} s)"
-    )
+    keys = ["val/acc", "val/f1_macro", "val/rec_acc", "val/rec_f1_macro"]
+    if "val/rec_cmap" in b:  # a multi-label run
+        keys = ["val/rec_cmap", "val/rec_auroc", "val/rec_top1", "val/rec_open_set"]
+    figures = "  ".join(f"{k} {b[k]:.3f}" for k in [*keys, "val/loss"] if k in b)
+    print(f"best epoch {int(b.get('epoch', -1)) + 1}: {figures}  ({result.wall_time_s:.0f} s)")
     print(f"checkpoint: {result.best_checkpoint}\nrun folder: {result.run_dir}")
     return _skip_exit(len(result.skipped), args)
 
