@@ -29,6 +29,7 @@ window-level figures (each window scored alone against its recording's label):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,49 @@ def select_recordings(
     return meta.reset_index(drop=True), excluded
 
 
+def cached_features(
+    paths: list[Path],
+    pre: Any,
+    cache_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    excluded: dict[str, int],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(row, spectrogram)`` of every decodable file, features from the cache (computed
+    once); an unreadable file is logged and counted in ``excluded["unreadable_audio"]``."""
+    from birdstack.data.prepare import default_cache_dir
+    from birdstack.features.cache import FeatureCache
+
+    cache = FeatureCache.for_preprocessing(
+        Path(cache_dir) if cache_dir else default_cache_dir(), pre
+    )
+    entries = cache.compute_many(paths, progress=progress)
+    for i, p in enumerate(paths):
+        entry = entries[p]
+        if entry.error is not None:
+            log.warning("skipped %s: %s", p, entry.error)
+            excluded["unreadable_audio"] += 1
+            continue
+        yield i, np.load(entry.cache_file)
+
+
+def _finish(
+    result: EvalResult,
+    probs: np.ndarray,
+    out_dir: str | os.PathLike[str] | None,
+    data: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | None,
+    split: str | None,
+    console: Console,
+) -> EvalResult:
+    """Add the ``p_<class>`` columns, write the outputs (with ``out_dir``) and print."""
+    for j, c in enumerate(result.classes):
+        result.predictions[f"p_{c}"] = probs[:, j]
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir), data=data, manifest=manifest, split=split)
+    print_result(result, console)
+    return result
+
+
 def evaluate_checkpoint(
     ckpt: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -291,9 +335,7 @@ def evaluate_checkpoint(
     (``drop`` / ``weight``, see :class:`~birdstack.config.LocationConfig`) with each
     recording's own ``latitude``, ``longitude`` and ``date``.
     """
-    from birdstack.data.prepare import default_cache_dir
     from birdstack.features.birdnet import as_float, week_48
-    from birdstack.features.cache import FeatureCache
     from birdstack.inference.predictor import Predictor
 
     console = console or Console()
@@ -320,24 +362,14 @@ def evaluate_checkpoint(
     if rows.empty:
         raise BadInputError(str(data), "no recordings of the checkpoint's classes to evaluate")
 
-    cache = FeatureCache.for_preprocessing(
-        Path(cache_dir) if cache_dir else default_cache_dir(), pre
-    )
     paths = [Path(p) for p in rows["path"]]
-    entries = cache.compute_many(paths, progress=progress)
     label_idx = {c: i for i, c in enumerate(classes)}
     enc = pre.encoding
     rec_probs: list[np.ndarray] = []
     kept: list[int] = []
     win_probs: list[np.ndarray] = []
     win_labels: list[int] = []
-    for i, p in enumerate(paths):
-        entry = entries[p]
-        if entry.error is not None:
-            log.warning("skipped %s: %s", p, entry.error)
-            excluded["unreadable_audio"] += 1
-            continue
-        db = np.load(entry.cache_file)
+    for i, db in cached_features(paths, pre, cache_dir, progress, excluded):
         kept.append(i)
         if location != "off":
             r = rows.loc[i]
@@ -382,8 +414,6 @@ def evaluate_checkpoint(
             "correct": top == y,
         }
     )
-    for j, c in enumerate(classes):
-        predictions[f"p_{c}"] = probs[:, j]
     result = EvalResult(
         checkpoint=ckpt,
         classes=classes,
@@ -393,10 +423,7 @@ def evaluate_checkpoint(
         predictions=predictions,
         excluded=excluded,
     )
-    if out_dir is not None:
-        write_outputs(result, Path(out_dir), data=data, manifest=manifest, split=split)
-    print_result(result, console)
-    return result
+    return _finish(result, probs, out_dir, data, manifest, split, console)
 
 
 def is_multilabel_data(
@@ -484,30 +511,18 @@ def evaluate_multilabel(
     ``data.negatives`` give the open-set figure and are left out of the others.
     """
     from birdstack.data.annotations import has_events, parse_events, window_targets
-    from birdstack.data.prepare import default_cache_dir
-    from birdstack.features.cache import FeatureCache
 
     classes = list(pred.classes)
     pre = pred.preprocessing
     rows, excluded = multilabel_rows(data, classes, manifest, split)
     if rows.empty:
         raise BadInputError(str(data), "no recordings to evaluate")
-    cache = FeatureCache.for_preprocessing(
-        Path(cache_dir) if cache_dir else default_cache_dir(), pre
-    )
     paths = [Path(p) for p in rows["path"]]
-    entries = cache.compute_many(paths, progress=progress)
     index = {c: i for i, c in enumerate(classes)}
     thr = np.asarray(pred.thresholds, dtype=np.float64)
     enc = pre.encoding
     clip_t, clip_p, win_t, win_p, win_neg, kept = [], [], [], [], [], []
-    for i, p in enumerate(paths):
-        entry = entries[p]
-        if entry.error is not None:
-            log.warning("skipped %s: %s", p, entry.error)
-            excluded["unreadable_audio"] += 1
-            continue
-        db = np.load(entry.cache_file)
+    for i, db in cached_features(paths, pre, cache_dir, progress, excluded):
         kept.append(i)
         t = np.zeros(len(classes), dtype=np.float32)
         for lab in rows.loc[i, "labels"]:
@@ -550,8 +565,6 @@ def evaluate_multilabel(
             "negative": neg,
         }
     )
-    for j, c in enumerate(classes):
-        predictions[f"p_{c}"] = s[:, j]
     result = EvalResult(
         checkpoint=ckpt,
         classes=classes,
@@ -565,10 +578,7 @@ def evaluate_multilabel(
         open_set=float(predicted[neg].any(axis=1).mean()) if neg.any() else None,
         n_negatives=int(neg.sum()),
     )
-    if out_dir is not None:
-        write_outputs(result, Path(out_dir), data=data, manifest=manifest, split=split)
-    print_result(result, console)
-    return result
+    return _finish(result, s, out_dir, data, manifest, split, console)
 
 
 def write_outputs(
@@ -579,7 +589,6 @@ def write_outputs(
     split: str | None = None,
 ) -> None:
     """metrics.json, per_class.csv, confusion CSV/PNG, predictions.csv (atomically)."""
-    from birdstack.evaluation.plots import plot_confusion
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result.out_dir = out_dir
@@ -587,16 +596,13 @@ def write_outputs(
         "metrics_json": out_dir / "metrics.json",
         "predictions_csv": out_dir / "predictions.csv",
         "per_class_csv": out_dir / "per_class.csv",
-        "confusion_csv": out_dir / "confusion.csv",
-        "confusion_png": out_dir / "confusion.png",
     }
     r = result.recording
     atomic_write_text(files["predictions_csv"], result.predictions.to_csv(index=False))
     atomic_write_text(files["per_class_csv"], r.per_class.to_csv(index=False))
-    if isinstance(r, MultiLabelMetrics):
+    if isinstance(r, MultiLabelMetrics):  # precision-recall curves instead of confusion matrices
         from birdstack.evaluation.plots import plot_pr_curves
 
-        del files["confusion_csv"], files["confusion_png"]
         assert result.targets is not None and result.scores is not None
         files["pr_png"] = plot_pr_curves(
             result.targets,
@@ -605,15 +611,26 @@ def write_outputs(
             out_dir / "pr_curves.png",
             title=f"clips (n={r.n}): cmAP {r.cmap:.3f}, macro AUROC {r.auroc:.3f}",
         )
-        payload = {
-            **result.to_dict(),
-            "data": str(data) if data is not None else None,
-            "manifest": str(manifest) if manifest is not None else None,
-            "split": split,
-        }
-        atomic_write_json(files["metrics_json"], payload)
-        result.files = files
-        return
+    else:
+        _write_confusions(result, out_dir, files)
+    payload = {
+        **result.to_dict(),
+        "data": str(data) if data is not None else None,
+        "manifest": str(manifest) if manifest is not None else None,
+        "split": split,
+    }
+    atomic_write_json(files["metrics_json"], payload)
+    result.files = files
+
+
+def _write_confusions(result: EvalResult, out_dir: Path, files: dict[str, Path]) -> None:
+    """Confusion CSV/PNG of recordings (and windows) of a single-label evaluation."""
+    from birdstack.evaluation.plots import plot_confusion
+
+    r = result.recording
+    assert isinstance(r, ClassificationMetrics)
+    files["confusion_csv"] = out_dir / "confusion.csv"
+    files["confusion_png"] = out_dir / "confusion.png"
     atomic_write_text(files["confusion_csv"], r.confusion_frame().to_csv())
     plot_confusion(
         r.confusion,
@@ -632,14 +649,6 @@ def write_outputs(
             files["confusion_windows_png"],
             title=f"windows (n={w.n}): accuracy {w.accuracy:.3f}, macro-F1 {w.f1_macro:.3f}",
         )
-    payload = {
-        **result.to_dict(),
-        "data": str(data) if data is not None else None,
-        "manifest": str(manifest) if manifest is not None else None,
-        "split": split,
-    }
-    atomic_write_json(files["metrics_json"], payload)
-    result.files = files
 
 
 def print_result(result: EvalResult, console: Console) -> None:
