@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/inference.py                 # 30 min, 2 threads
     .venv/bin/python benchmarks/inference.py --minutes 60 --models mobilenet_compact \
         --runtimes onnx --containers ogg                     # the 1-hour memory check
+    .venv/bin/python benchmarks/inference.py --containers ogg --runtimes onnx \
+        --checkpoints labels=RUN_A/checkpoints/last.ckpt distilled=RUN_B/checkpoints/last.ckpt
 
 A long recording is made by concatenating real recordings (birds-dev when present:
 ``$BIRDSTACK_DEV_DATA``, ``data/birds-dev`` or ``../shared/data/birds-dev``; else the
@@ -20,7 +22,10 @@ decoding, log-mel and the model (loading the model is not counted); "CPU s" is t
 process CPU time, a figure less sensitive than wall time to other load on the machine.
 Decoding alone and decoding + log-mel are printed as ceilings. The models are
 randomly initialised (speed does not depend on the weights); the stacked target
-length follows the study's rule on the source recordings.
+length follows the study's rule on the source recordings. ``--checkpoints
+NAME=CKPT ...`` measures trained checkpoints instead (each with its own
+preprocessing, exported to ONNX here), e.g. a distilled student next to the same
+architecture trained on labels alone.
 """
 
 from __future__ import annotations
@@ -306,6 +311,12 @@ def main() -> None:
     )
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
+    ap.add_argument(
+        "--checkpoints",
+        nargs="+",
+        metavar="NAME=CKPT",
+        help="trained birdstack checkpoints to measure instead of --models (random weights)",
+    )
     ap.add_argument("--repeat", type=int, default=2, help="runs per configuration (best counts)")
     ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
@@ -336,11 +347,22 @@ def main() -> None:
             f"({target * 512 / 32000:.1f} s), {n_classes} classes, {args.threads} threads"
         )
         ckpts = {}
-        for m in args.models:
-            ckpts[m] = tmpd / f"{m}.ckpt"
-            make_checkpoint(ckpts[m], m, target, n_classes)
-            if "onnx" in args.runtimes:
-                export_onnx(ckpts[m], ckpts[m].with_suffix(".onnx"))
+        if args.checkpoints:
+            args.models = []
+            for spec in args.checkpoints:
+                name, sep, path = spec.partition("=")
+                if not sep or not Path(path).is_file():
+                    raise SystemExit(f"--checkpoints {spec!r}: give NAME=PATH of a checkpoint")
+                ckpts[name] = tmpd / f"{name}.ckpt"  # a copy: the ONNX file goes beside it
+                ckpts[name].write_bytes(Path(path).read_bytes())
+                args.models.append(name)
+        else:
+            for m in args.models:
+                ckpts[m] = tmpd / f"{m}.ckpt"
+                make_checkpoint(ckpts[m], m, target, n_classes)
+        if "onnx" in args.runtimes:
+            for ck in ckpts.values():
+                export_onnx(ck, ck.with_suffix(".onnx"))
 
         th, rep = str(args.threads), str(args.repeat)
         first = str(ckpts[args.models[0]])
@@ -403,6 +425,16 @@ def main() -> None:
                     f"{c} {m}: ONNX Runtime is {ratio:.2f}x the speed of PyTorch eager "
                     f"({cpu:.2f}x in CPU time)"
                 )
+        if args.checkpoints:  # each trained model's speed against the first one's
+            ref = args.models[0]
+            for m in args.models[1:]:
+                for rt in args.runtimes:
+                    a, b = by.get((c, ref, rt)), by.get((c, m, rt))
+                    if a and b:
+                        print(
+                            f"{c} {rt}: {m} runs at {a['wall'] / b['wall']:.1%} of {ref}'s "
+                            f"real-time factor ({a['cpu'] / b['cpu']:.1%} in CPU time)"
+                        )
         base = by.get((c, "decoding only", ""))
         for m in args.models:
             r = by.get((c, m, "onnx")) or by.get((c, m, "torch"))
