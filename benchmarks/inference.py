@@ -26,6 +26,15 @@ length follows the study's rule on the source recordings. ``--checkpoints
 NAME=CKPT ...`` measures trained checkpoints instead (each with its own
 preprocessing, exported to ONNX here), e.g. a distilled student next to the same
 architecture trained on labels alone.
+
+``--birdnet`` adds, per input format, the BirdNET-based model (a ``birdnet_linear``
+head on BirdNET V2.4 windows: decoding, soxr to 48 kHz, BirdNET on LiteRT, the head;
+``birdstack[birdnet]``) next to the ``birdnet`` package's own ``predict`` on the same
+file and model file, with the same number of inference workers (``--threads``) plus
+its one decoding process (``pip install 'birdstack[bench]'``)::
+
+    .venv/bin/python benchmarks/inference.py --containers ogg --models mobilenet_compact \
+        --runtimes onnx --birdnet
 """
 
 from __future__ import annotations
@@ -177,6 +186,54 @@ def make_checkpoint(path: Path, model: str, target_frames: int, n_classes: int) 
     torch.save(ckpt, path)
 
 
+def make_birdnet_checkpoint(path: Path, n_classes: int) -> None:
+    """A randomly initialised ``birdnet_linear`` checkpoint (BirdNET windows, pooled)."""
+    import torch
+
+    from birdstack.config import Config, OptimConfig, Preprocessing, to_dict
+    from birdstack.features.birdnet import FEATURE_DIM, identity
+    from birdstack.models import create_model
+    from birdstack.training.module import BirdClassifier
+
+    torch.manual_seed(0)
+    pre = Preprocessing(frontend="birdnet")
+    classes = [f"species_{i:02d}" for i in range(n_classes)]
+    net = create_model("birdnet_linear", num_classes=n_classes, in_chans=FEATURE_DIM)
+    meta = {
+        "model": {"name": "birdnet_linear", "args": dict(net.model_args)},
+        "preprocessing": to_dict(pre),
+        "config": Config().to_dict(),
+        "backbone": identity(pre.birdnet),
+    }
+    module = BirdClassifier(net, OptimConfig(), classes, meta=meta)
+    ckpt = {"state_dict": module.state_dict(), "epoch": 0}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+
+
+def run_birdnet_package(audio: Path, workers: int, repeat: int) -> dict:
+    """The ``birdnet`` package's ``predict`` on ``audio`` with birdstack's model file."""
+    import birdnet
+
+    from birdstack.config import Preprocessing
+    from birdstack.features.birdnet import LABELS_NAME, model_path
+
+    mfile = model_path(Preprocessing(frontend="birdnet").birdnet.model_file)
+    model = birdnet.load_custom(
+        "acoustic", "2.4", "tf", mfile, mfile.parent / LABELS_NAME, library="litert"
+    )
+    opts = {"n_workers": workers, "n_producers": 1, "batch_size": 1, "top_k": 5}
+    model.predict(audio, **opts)  # warm-up: imports, model file in the page cache
+    # birdnet starts its decoding and inference processes on every call and they end with
+    # it, so their CPU time is in os.times()'s children fields afterwards (not their RSS)
+    t0 = os.times()
+    figures = _measure(_audio_seconds(audio), repeat, lambda: model.predict(audio, **opts))[0]
+    t1 = os.times()
+    children = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
+    figures["cpu"] += children / repeat
+    return figures
+
+
 # --------------------------------------------------------------------------- one measurement
 
 
@@ -317,6 +374,11 @@ def main() -> None:
         metavar="NAME=CKPT",
         help="trained birdstack checkpoints to measure instead of --models (random weights)",
     )
+    ap.add_argument(
+        "--birdnet",
+        action="store_true",
+        help="also the BirdNET-based model and the birdnet package's predict (same file)",
+    )
     ap.add_argument("--repeat", type=int, default=2, help="runs per configuration (best counts)")
     ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
@@ -324,7 +386,10 @@ def main() -> None:
     if args.one:
         kind, audio, ckpt, runtime, threads, repeat = args.one
         ck = Path(ckpt) if ckpt != "-" else None
-        res = run_one(kind, Path(audio), ck, runtime, int(threads), int(repeat))
+        if kind == "birdnet-package":
+            res = run_birdnet_package(Path(audio), int(threads), int(repeat))
+        else:
+            res = run_one(kind, Path(audio), ck, runtime, int(threads), int(repeat))
         print(json.dumps(res))
         return
 
@@ -363,6 +428,9 @@ def main() -> None:
         if "onnx" in args.runtimes:
             for ck in ckpts.values():
                 export_onnx(ck, ck.with_suffix(".onnx"))
+        bn_ckpt = tmpd / "birdnet_linear.ckpt"
+        if args.birdnet:
+            make_birdnet_checkpoint(bn_ckpt, n_classes)
 
         th, rep = str(args.threads), str(args.repeat)
         first = str(ckpts[args.models[0]])
@@ -394,6 +462,14 @@ def main() -> None:
                 for rt in args.runtimes:
                     argv = ["predict", str(audio), str(ckpts[m]), rt, th, rep]
                     rows.append((c, m, rt, _subprocess(argv)))
+            if args.birdnet:  # the head runs in torch: BirdNET itself is the cost
+                argv = ["predict", str(audio), str(bn_ckpt), "torch", th, rep]
+                rows.append((c, "BirdNET V2.4 + linear head", "litert", _subprocess(argv)))
+                try:
+                    argv = ["birdnet-package", str(audio), "-", "-", th, rep]
+                    rows.append((c, "birdnet package predict", "litert", _subprocess(argv)))
+                except RuntimeError as e:
+                    print(f"{c}: birdnet package not measured ({str(e).splitlines()[-1]})")
             if "onnx" in args.runtimes:
                 m = args.models[0]
                 out = tmpd / f"out-{c}"
@@ -435,6 +511,14 @@ def main() -> None:
                             f"{c} {rt}: {m} runs at {a['wall'] / b['wall']:.1%} of {ref}'s "
                             f"real-time factor ({a['cpu'] / b['cpu']:.1%} in CPU time)"
                         )
+        ours = by.get((c, "BirdNET V2.4 + linear head", "litert"))
+        theirs = by.get((c, "birdnet package predict", "litert"))
+        if ours and theirs:
+            print(
+                f"{c}: birdstack's BirdNET model runs at {theirs['wall'] / ours['wall']:.2f}x "
+                f"the speed of the birdnet package's predict ({theirs['cpu'] / ours['cpu']:.2f}x "
+                "in CPU time, birdnet's processes included; its peak RSS is the parent's only)"
+            )
         base = by.get((c, "decoding only", ""))
         for m in args.models:
             r = by.get((c, m, "onnx")) or by.get((c, m, "torch"))
