@@ -42,12 +42,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("mobilenet_compact", "resnet18")
@@ -163,16 +165,19 @@ def transcode(src: Path, out: Path, container: str, block: int = 32000 * 60) -> 
             fout.write(b)
 
 
-def make_checkpoint(path: Path, model: str, target_frames: int, n_classes: int) -> None:
-    """A randomly initialised birdstack checkpoint (same structure as a trained one)."""
+def make_checkpoint(path: Path, model: str, pre: Any, n_classes: int) -> None:
+    """A randomly initialised birdstack checkpoint (same structure as a trained one).
+
+    ``pre`` is its :class:`~birdstack.config.Preprocessing`; with the BirdNET front end
+    the checkpoint also carries the installed model's identity, as training writes it.
+    """
     import torch
 
-    from birdstack.config import Config, EncodingConfig, OptimConfig, Preprocessing, to_dict
+    from birdstack.config import Config, OptimConfig, to_dict
     from birdstack.models import create_model
     from birdstack.training.module import BirdClassifier
 
     torch.manual_seed(0)
-    pre = Preprocessing(encoding=EncodingConfig(kind="stacked", target_frames=target_frames))
     classes = [f"species_{i:02d}" for i in range(n_classes)]
     net = create_model(model, num_classes=n_classes, in_chans=pre.input_shape()[0])
     meta = {
@@ -180,31 +185,10 @@ def make_checkpoint(path: Path, model: str, target_frames: int, n_classes: int) 
         "preprocessing": to_dict(pre),
         "config": Config().to_dict(),
     }
-    module = BirdClassifier(net, OptimConfig(), classes, meta=meta)
-    ckpt = {"state_dict": module.state_dict(), "epoch": 0}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
+    if pre.is_birdnet:
+        from birdstack.features.birdnet import identity
 
-
-def make_birdnet_checkpoint(path: Path, n_classes: int) -> None:
-    """A randomly initialised ``birdnet_linear`` checkpoint (BirdNET windows, pooled)."""
-    import torch
-
-    from birdstack.config import Config, OptimConfig, Preprocessing, to_dict
-    from birdstack.features.birdnet import FEATURE_DIM, identity
-    from birdstack.models import create_model
-    from birdstack.training.module import BirdClassifier
-
-    torch.manual_seed(0)
-    pre = Preprocessing(frontend="birdnet")
-    classes = [f"species_{i:02d}" for i in range(n_classes)]
-    net = create_model("birdnet_linear", num_classes=n_classes, in_chans=FEATURE_DIM)
-    meta = {
-        "model": {"name": "birdnet_linear", "args": dict(net.model_args)},
-        "preprocessing": to_dict(pre),
-        "config": Config().to_dict(),
-        "backbone": identity(pre.birdnet),
-    }
+        meta["backbone"] = identity(pre.birdnet)
     module = BirdClassifier(net, OptimConfig(), classes, meta=meta)
     ckpt = {"state_dict": module.state_dict(), "epoch": 0}
     module.on_save_checkpoint(ckpt)
@@ -213,15 +197,14 @@ def make_birdnet_checkpoint(path: Path, n_classes: int) -> None:
 
 def run_birdnet_package(audio: Path, workers: int, repeat: int) -> dict:
     """The ``birdnet`` package's ``predict`` on ``audio`` with birdstack's model file."""
-    import birdnet
-
+    from birdnet_embeddings import load_birdnet  # this folder's BirdNET benchmark
     from birdstack.config import Preprocessing
     from birdstack.features.birdnet import LABELS_NAME, model_path
 
     mfile = model_path(Preprocessing(frontend="birdnet").birdnet.model_file)
-    model = birdnet.load_custom(
-        "acoustic", "2.4", "tf", mfile, mfile.parent / LABELS_NAME, library="litert"
-    )
+    model, _ = load_birdnet(mfile, mfile.parent / LABELS_NAME)
+    if model is None:
+        raise RuntimeError("the birdnet package is not installed: pip install 'birdstack[bench]'")
     opts = {"n_workers": workers, "n_producers": 1, "batch_size": 1, "top_k": 5}
     model.predict(audio, **opts)  # warm-up: imports, model file in the page cache
     # birdnet starts its decoding and inference processes on every call and they end with
@@ -393,6 +376,7 @@ def main() -> None:
         print(json.dumps(res))
         return
 
+    from birdstack.config import EncodingConfig, Preprocessing
     from birdstack.features.encoding import target_frames_rule
     from birdstack.inference.export import export_onnx
 
@@ -419,18 +403,19 @@ def main() -> None:
                 if not sep or not Path(path).is_file():
                     raise SystemExit(f"--checkpoints {spec!r}: give NAME=PATH of a checkpoint")
                 ckpts[name] = tmpd / f"{name}.ckpt"  # a copy: the ONNX file goes beside it
-                ckpts[name].write_bytes(Path(path).read_bytes())
+                shutil.copyfile(path, ckpts[name])
                 args.models.append(name)
         else:
+            stacked = Preprocessing(encoding=EncodingConfig(kind="stacked", target_frames=target))
             for m in args.models:
                 ckpts[m] = tmpd / f"{m}.ckpt"
-                make_checkpoint(ckpts[m], m, target, n_classes)
+                make_checkpoint(ckpts[m], m, stacked, n_classes)
         if "onnx" in args.runtimes:
             for ck in ckpts.values():
                 export_onnx(ck, ck.with_suffix(".onnx"))
         bn_ckpt = tmpd / "birdnet_linear.ckpt"
         if args.birdnet:
-            make_birdnet_checkpoint(bn_ckpt, n_classes)
+            make_checkpoint(bn_ckpt, "birdnet_linear", Preprocessing(frontend="birdnet"), n_classes)
 
         th, rep = str(args.threads), str(args.repeat)
         first = str(ckpts[args.models[0]])
