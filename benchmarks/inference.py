@@ -239,13 +239,14 @@ def run_one(
     phases = {"start": rss_now()}
     import numpy  # noqa: F401
     import onnxruntime  # noqa: F401
-    import torch
 
+    if runtime == "torch":  # the ONNX path never imports torch (as birdstack predict runs it)
+        import torch
+
+        torch.set_num_threads(threads)
     import birdstack.inference.predictor  # noqa: F401
 
     phases["imports"] = rss_now()
-
-    torch.set_num_threads(threads)
     from birdstack.features.audio import audio_info, stream_audio
 
     seconds = audio_info(audio).duration_s
@@ -260,7 +261,10 @@ def run_one(
 
     if kind == "features":  # as predict runs it: decoding + log-mel in a background thread
         assert ckpt is not None
-        pred = Predictor.from_checkpoint(ckpt, threads=threads)
+        if runtime == "onnx":  # the NumPy front end of an ONNX predictor
+            pred = Predictor.from_onnx(ckpt.with_suffix(".onnx"), threads=threads)
+        else:  # torch's LogMel, the feature cache's own
+            pred = Predictor.from_checkpoint(ckpt, threads=threads)
 
         def features() -> int:
             return sum(c.shape[1] for c in iter_ahead(pred.file_chunks(audio)))
@@ -419,6 +423,7 @@ def main() -> None:
 
         th, rep = str(args.threads), str(args.repeat)
         first = str(ckpts[args.models[0]])
+        front = "onnx" if "onnx" in args.runtimes else "torch"  # which log-mel front end
         for c in args.containers:
             problem = container_problem(c)
             if problem:
@@ -440,7 +445,7 @@ def main() -> None:
                     c,
                     "decoding + log-mel",
                     "",
-                    _subprocess(["features", str(audio), first, "-", th, rep]),
+                    _subprocess(["features", str(audio), first, front, th, rep]),
                 )
             )
             for m in args.models:
@@ -513,8 +518,9 @@ def main() -> None:
                     "of decoding alone"
                 )
     print(
-        "\nmemory (MiB): RSS after the imports (torch, onnxruntime, birdstack), after loading "
-        "the model, peak while predicting; anon = private, file = shared library pages"
+        "\nmemory (MiB): RSS after the imports (onnxruntime, birdstack; torch with the torch "
+        "runtime only), after loading the model, peak while predicting; anon = private, "
+        "file = shared library pages"
     )
     for c, name, rt, r in rows:
         ph = r.get("phases")

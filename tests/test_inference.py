@@ -174,6 +174,52 @@ def test_onnx_export_is_self_describing_and_matches_torch(stacked, onnx_model, d
     )
 
 
+def test_onnx_predict_runs_without_torch(onnx_model, demo_dir, tmp_path):
+    """``birdstack predict model.onnx`` needs ONNX Runtime and NumPy only (issue #14's memory).
+
+    Run in a fresh interpreter: the command must finish, write its CSV, and never
+    import torch (about 670 MB of resident memory on its own).
+    """
+    import subprocess
+    import sys
+
+    f = sorted(demo_dir.glob("train_audio/*/*.ogg"))[0]
+    out = tmp_path / "pred"
+    code = (
+        "import sys\n"
+        "from birdstack.cli.main import main\n"
+        f"rc = main(['predict', {str(onnx_model)!r}, {str(f)!r}, '--out', {str(out)!r}, "
+        "'--threads', '1', '--no-progress'])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+        "sys.exit(rc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    assert (out / "recordings.csv").is_file() or list(out.glob("*.csv"))
+
+
+def test_numpy_front_end_equals_the_torch_one_on_real_audio(demo_dir):
+    """The ONNX path's NumPy log-mel equals the feature cache's torch LogMel within 1e-4 dB."""
+    from birdstack.config import SpectrogramConfig
+    from birdstack.features.mel import LogMel
+    from birdstack.features.melbank import NumpyLogMel
+
+    f = sorted(demo_dir.glob("train_audio/*/*.ogg"))[3]
+    wave = load_audio(f, 32000)
+    for spec in (SpectrogramConfig(), SpectrogramConfig(n_fft=1024, hop_length=320, power=1.0)):
+        ref = LogMel(spec, 32000).compute(wave)
+        got = NumpyLogMel(spec, 32000)(wave)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
+    for n in (0, 1, 2047, 2048, 5000):  # shorter than a frame, exactly one, several
+        w = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+        spec = SpectrogramConfig()
+        np.testing.assert_allclose(
+            NumpyLogMel(spec, 32000)(w), LogMel(spec, 32000).compute(w), rtol=0, atol=1e-4
+        )
+
+
 def test_missing_or_foreign_checkpoint_is_a_clear_error(tmp_path):
     from birdstack.utils import BadInputError
 

@@ -73,7 +73,12 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", help="ONNX export to run with --runtime onnx (default: export now)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the model")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per model call (32)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="windows per model call (16; more on a GPU)",
+    )
     p.add_argument(
         "--decode-workers", type=int, default=2, help="files decoded ahead in threads (2)"
     )
@@ -249,9 +254,9 @@ class _Ahead:
         return False
 
     def _run(self, i: int, q: queue.Queue[Any]) -> None:
-        import torch
+        from birdstack.inference.predictor import set_torch_threads
 
-        torch.set_num_threads(1)  # per thread: the decoders leave the model its threads
+        set_torch_threads(1)  # per thread: the decoders leave the model its threads
         try:
             for v in self.produce(self.items[i]):
                 if not self._put(q, v):

@@ -43,7 +43,7 @@ import torch
 
 from birdstack.config import AugmentConfig, ConfigError, Preprocessing
 from birdstack.features.encoding import center_trim, pad_frames, stack_channels
-from birdstack.features.mel import normalize_db_np
+from birdstack.features.melbank import normalize_db_np
 from birdstack.utils import get_logger
 
 log = get_logger("augment")

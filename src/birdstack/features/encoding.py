@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from birdstack.config import ConfigError
-from birdstack.features.mel import normalize_db_np
+from birdstack.features.melbank import normalize_db_np
 
 
 def target_frames_rule(

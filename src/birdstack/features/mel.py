@@ -27,6 +27,13 @@ import torch
 from torch import Tensor
 
 from birdstack.config import SpectrogramConfig
+from birdstack.features.melbank import (  # noqa: F401 - re-exported, the torch-free half
+    hz_to_mel,
+    mel_filterbank,
+    mel_to_hz,
+    n_frames,
+    normalize_db_np,
+)
 
 # Frames transformed at a time on CPU: small enough for the frames, their FFT and
 # power to stay in cache (about 3x faster than one transform of the whole file).
@@ -37,94 +44,31 @@ CPU_CHUNK_FRAMES = 128
 DEFAULT_FFT_DTYPE = torch.float64
 
 
-# --------------------------------------------------------------------------- mel filterbank
-
-
-def hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
-    """Slaney mel scale (linear below 1 kHz, logarithmic above), as ``librosa.hz_to_mel``."""
-    freq = np.asarray(freq, dtype=np.float64)
-    f_sp = 200.0 / 3
-    mels = freq / f_sp
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    above = freq >= min_log_hz
-    return np.where(
-        above, min_log_mel + np.log(np.maximum(freq, min_log_hz) / min_log_hz) / logstep, mels
-    )
-
-
-def mel_to_hz(mels: np.ndarray | float) -> np.ndarray:
-    """Inverse of :func:`hz_to_mel`."""
-    mels = np.asarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3
-    freqs = f_sp * mels
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), freqs)
-
-
-def mel_filterbank(
-    sr: int,
-    n_fft: int,
-    n_mels: int,
-    fmin: float,
-    fmax: float,
-    dtype: np.dtype | type = np.float32,
-) -> np.ndarray:
-    """Triangular mel filters ``[n_mels, 1 + n_fft // 2]`` (Slaney scale, Slaney area norm).
-
-    Same values as ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels,
-    fmin=fmin, fmax=fmax)`` (computed in float64, returned as ``dtype``).
-
-    >>> fb = mel_filterbank(32000, 2048, 128, 50.0, 14000.0)
-    >>> fb.shape, fb.dtype
-    ((128, 1025), dtype('float32'))
-    """
-    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
-    mel_pts = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(mel_pts)
-    ramps = mel_pts[:, None] - fftfreqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    enorm = 2.0 / (mel_pts[2 : n_mels + 2] - mel_pts[:n_mels])
-    weights *= enorm[:, None]
-    return weights.astype(dtype)
-
-
 # --------------------------------------------------------------------------- log-mel module
-
-
-def n_frames(n_samples: int, spec: SpectrogramConfig) -> int:
-    """Frames for ``n_samples`` samples (``1 + n_samples // hop_length`` for even ``n_fft``)."""
-    pad = spec.n_fft // 2
-    return 1 + (n_samples + 2 * pad - spec.n_fft) // spec.hop_length
 
 
 class LogMel(torch.nn.Module):
     """Waveform ``[T]`` or ``[B, T]`` -> log-mel dB ``[n_mels, F]`` or ``[B, n_mels, F]``.
 
-    Same result as ``torch.stft(center=True, pad_mode="constant", window=
-    hann_window(n_fft))`` followed by ``|X|**power``, the mel filterbank and
-    ``10*log10(clamp(., min=amin))``; the frames are transformed in chunks on CPU
-    (cache friendly, ~3x faster) and all at once on other devices. The window and
-    the filterbank are buffers, so ``.to(device)`` moves them.
+        Same result as ``torch.stft(center=True, pad_mode="constant", window=
+        hann_window(n_fft))`` followed by ``|X|**power``, the mel filterbank and
+        ``10*log10(clamp(., min=amin))``; the frames are transformed in chunks on CPU
+        (cache friendly, ~3x faster) and all at once on other devices. The window and
+        the filterbank are buffers, so ``.to(device)`` moves them.
 
-    ``dtype`` is the precision of the windowing and the FFT (default float64, as
-    librosa; see :data:`DEFAULT_FFT_DTYPE`); the mel product and the output are
-    float32.
+        ``dtype`` is the precision of the windowing and the FFT (default float64, as
+        librosa; see :data:`DEFAULT_FFT_DTYPE`); the mel product and the output are
+        float32.
 
-    On CPU it is fastest with one intra-op thread per process
-    (``torch.set_num_threads(1)``, as :class:`~birdstack.features.cache.FeatureCache`
-    workers run) and processes for parallelism: with several threads on busy cores
-    each small op can wait a whole scheduler time slice for a descheduled thread.
+        On CPU it is fastest with one intra-op thread per process
+        (``torch.set_num_threads(1)``, as :class:`~birdstack.features.cache.FeatureCache`
+        workers run) and processes for parallelism: with several threads on busy cores
+        each small op can wait a whole scheduler time slice for a descheduled thread.
 
-    >>> from birdstack.config import SpectrogramConfig
-    >>> m = LogMel(SpectrogramConfig(), 32000)
-    >>> tuple(m(torch.zeros(2, 1000)).shape)
-    (2, 128, 2)
+        >>> from birdstack.config import SpectrogramConfig
+        >>> m = LogMel(SpectrogramConfig(), 32000)
+        >>> tuple(m(torch.zeros(2, 1000)).shape)
+        (2, 128, 2)
     """
 
     window: Tensor
@@ -233,6 +177,12 @@ class LogMel(torch.nn.Module):
         return self._framed_db(padded, self._chunk(x.device))
 
     @torch.no_grad()
+    def compute(self, wave: np.ndarray) -> np.ndarray:
+        """Log-mel dB ``[n_mels, F]`` float32 of a NumPy wave ``[T]`` (no autograd)."""
+        db = self(torch.from_numpy(np.ascontiguousarray(wave)))
+        return db.cpu().numpy().astype(np.float32, copy=False)
+
+    @torch.no_grad()
     def stream(self, blocks: Iterable[np.ndarray | Tensor]) -> Tensor:
         """Log-mel of a signal given as consecutive blocks (e.g. :func:`stream_audio`).
 
@@ -288,16 +238,6 @@ def normalize_db(db: Tensor, top_db: float, batched: bool | None = None) -> Tens
     else:
         peak = db.amax()
     return (db - peak).clamp(min=-top_db) / top_db + 1.0
-
-
-def normalize_db_np(db: np.ndarray, top_db: float, batched: bool | None = None) -> np.ndarray:
-    """NumPy twin of :func:`normalize_db` (keeps float32 inputs float32)."""
-    if batched is None:
-        batched = db.ndim == 4
-    axes = tuple(range(1, db.ndim)) if batched else None
-    peak = db.max(axis=axes, keepdims=True) if batched else db.max()
-    out = np.maximum(db - peak, -top_db) / np.asarray(top_db, dtype=db.dtype) + 1
-    return out.astype(db.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- convenience

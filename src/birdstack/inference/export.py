@@ -175,9 +175,17 @@ def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # noqa: BLE001
         raise BadInputError(p, f"not a readable ONNX file ({type(e).__name__})") from None
-    props = {m.key: m.value for m in model.metadata_props}
+    return parse_onnx_metadata({m.key: m.value for m in model.metadata_props}, p)
+
+
+def parse_onnx_metadata(props: dict[str, str], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`read_onnx_metadata` from the file's ``metadata_props`` as a dict.
+
+    ONNX Runtime gives them too (``session.get_modelmeta().custom_metadata_map``), so
+    a predictor reads them without the ``onnx`` package.
+    """
     if props.get("birdstack.format") != ONNX_FORMAT:
-        raise BadInputError(p, "not a birdstack ONNX export (no birdstack metadata)")
+        raise BadInputError(Path(path), "not a birdstack ONNX export (no birdstack metadata)")
     return {
         "classes": json.loads(props["birdstack.classes"]),
         "preprocessing": from_dict(Preprocessing, json.loads(props["birdstack.preprocessing"])),
