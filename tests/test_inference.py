@@ -141,6 +141,29 @@ def test_streamed_file_gives_the_same_windows_as_in_memory(segments, tmp_path):
     assert len(mem.starts_s) == int((47.3 - 5.0) // 2.5) + 1 + 1  # full windows + partial
 
 
+def test_stacked_length_hint_is_exact_and_a_lying_header_changes_nothing(
+    stacked, tmp_path, monkeypatch, caplog
+):
+    """The header's length bounds a stacked model's memory; a wrong one is scored again."""
+    from birdstack.features.melbank import n_frames
+
+    t = stacked.preprocessing.input_frames()
+    seconds = 2.5 * t * stacked.seconds_per_frame  # longer than the centred window
+    path = write_wav(tmp_path / "long.wav", synthetic_song(seconds, seed=4), 32000)
+    n = n_frames(load_audio(path, 32000).size, stacked.spec)
+    assert stacked.expected_frames(path) == n
+    hinted = stacked.predict(path, block_s=3.7)
+    monkeypatch.setattr(stacked, "expected_frames", lambda p: None)
+    plain = stacked.predict(path, block_s=3.7)
+    monkeypatch.setattr(stacked, "expected_frames", lambda p: n // 3)  # a header that lies
+    with caplog.at_level("WARNING"):
+        lied = stacked.predict(path, block_s=3.7)
+    assert "again without the length hint" in caplog.text
+    for other in (hinted, lied):
+        np.testing.assert_array_equal(other.probs, plain.probs)
+        np.testing.assert_array_equal(other.window_probs, plain.window_probs)
+
+
 def test_waveform_input_stereo_and_other_rates(segments):
     wave = synthetic_song(8.0, seed=3)
     mono = segments.predict(wave)

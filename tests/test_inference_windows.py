@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,52 @@ def test_merge_joins_only_consecutive_windows_of_one_species():
     assert (m[0].window, m[0].last_window) == (0, 2)
     assert merge_detections(m) == m  # merging is idempotent
     assert merge_detections([]) == []
+
+
+def _centre_scorer(expected: int | None, window: int = 200, table: int = 50) -> Any:
+    """A WindowScorer over a centred window and a table rule, with a transparent 'model'."""
+    from birdstack.inference.predictor import WindowScorer
+
+    def encode(frames: np.ndarray, length: int) -> np.ndarray:  # what the window holds
+        return np.array([frames.sum(), frames[0, 0], frames.shape[1]], np.float64)
+
+    rules = {"rec": (CenterRule(window), window), "win": (SegmentRule(table, table), table)}
+    return WindowScorer(
+        encode, lambda x: x, rules, 4, lambda x: x, expected_frames=expected, slack=16
+    )
+
+
+def _push_all(scorer: Any, db: np.ndarray, chunk: int = 37) -> int:
+    """Push ``db`` in chunks; the largest number of frames the scorer held at once."""
+    most = 0
+    for i in range(0, db.shape[1], chunk):
+        scorer.push(db[:, i : i + chunk])
+        most = max(most, scorer._buf.end - scorer._buf.start)
+    return most
+
+
+def test_length_hint_bounds_the_centre_window_memory_and_changes_no_score():
+    """With the header's length, a centred window no longer keeps half the spectrogram."""
+    from birdstack.inference.predictor import LengthHintError
+
+    n = 5000
+    db = np.random.default_rng(0).random((4, n))
+    plain, hinted = _centre_scorer(None), _centre_scorer(n)
+    held_plain, held_hinted = _push_all(plain, db), _push_all(hinted, db)
+    a, b = plain.finish(), hinted.finish()
+    for rule in ("rec", "win"):
+        assert a[rule][0] == b[rule][0]
+        np.testing.assert_array_equal(a[rule][1], b[rule][1])
+    start = (n - 200) // 2
+    assert a["rec"][1][0][1] == pytest.approx(db[0, start], rel=1e-6)  # the centred window
+    assert held_plain > n // 2 - 200  # without the hint: about half of the spectrogram
+    assert held_hinted <= 200 + 2 * 16 + 37  # with it: the centre's span (+ slack) and a chunk
+    for header in (n - 10, n + 16):  # a header off by no more than the slack (16 frames)
+        s = _centre_scorer(header)
+        _push_all(s, db)
+        np.testing.assert_array_equal(s.finish()["rec"][1], a["rec"][1])
+    for header in (n - 400, n + 400):  # a header that lies: an error, not a wrong window
+        s = _centre_scorer(header)
+        _push_all(s, db)
+        with pytest.raises(LengthHintError, match="header"):
+            s.finish()

@@ -291,7 +291,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Predict species in files/folders and write the chosen formats into ``--out``."""
     from birdstack.cli.main import _skip_exit
     from birdstack.inference import shards
-    from birdstack.inference.predictor import Predictor
+    from birdstack.inference.predictor import LengthHintError, Predictor
     from birdstack.inference.writers import OutputOptions, PredictionWriter
     from birdstack.utils import (
         BadInputError,
@@ -408,9 +408,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         yield v
 
             try:
-                pred = predictor.score_frames(
-                    frames(), f.display, n_samples, args.window_s, args.hop_s
-                )
+                try:
+                    pred = predictor.score_frames(
+                        frames(),
+                        f.display,
+                        n_samples,
+                        args.window_s,
+                        args.hop_s,
+                        predictor.expected_frames(f.path),
+                    )
+                except LengthHintError as e:  # the header's length was wrong: decode again
+                    log.warning("%s: %s; scoring it again", f.display, e)
+                    pred = predictor.predict(f.path, None, args.window_s, args.hop_s, args.block_s)
+                    pred.file = f.display
             except BadInputError as e:
                 skips.add(f.path, e.reason)
                 continue

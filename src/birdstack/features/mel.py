@@ -50,25 +50,25 @@ DEFAULT_FFT_DTYPE = torch.float64
 class LogMel(torch.nn.Module):
     """Waveform ``[T]`` or ``[B, T]`` -> log-mel dB ``[n_mels, F]`` or ``[B, n_mels, F]``.
 
-        Same result as ``torch.stft(center=True, pad_mode="constant", window=
-        hann_window(n_fft))`` followed by ``|X|**power``, the mel filterbank and
-        ``10*log10(clamp(., min=amin))``; the frames are transformed in chunks on CPU
-        (cache friendly, ~3x faster) and all at once on other devices. The window and
-        the filterbank are buffers, so ``.to(device)`` moves them.
+    Same result as ``torch.stft(center=True, pad_mode="constant", window=
+    hann_window(n_fft))`` followed by ``|X|**power``, the mel filterbank and
+    ``10*log10(clamp(., min=amin))``; the frames are transformed in chunks on CPU
+    (cache friendly, ~3x faster) and all at once on other devices. The window and
+    the filterbank are buffers, so ``.to(device)`` moves them.
 
-        ``dtype`` is the precision of the windowing and the FFT (default float64, as
-        librosa; see :data:`DEFAULT_FFT_DTYPE`); the mel product and the output are
-        float32.
+    ``dtype`` is the precision of the windowing and the FFT (default float64, as
+    librosa; see :data:`DEFAULT_FFT_DTYPE`); the mel product and the output are
+    float32.
 
-        On CPU it is fastest with one intra-op thread per process
-        (``torch.set_num_threads(1)``, as :class:`~birdstack.features.cache.FeatureCache`
-        workers run) and processes for parallelism: with several threads on busy cores
-        each small op can wait a whole scheduler time slice for a descheduled thread.
+    On CPU it is fastest with one intra-op thread per process
+    (``torch.set_num_threads(1)``, as :class:`~birdstack.features.cache.FeatureCache`
+    workers run) and processes for parallelism: with several threads on busy cores
+    each small op can wait a whole scheduler time slice for a descheduled thread.
 
-        >>> from birdstack.config import SpectrogramConfig
-        >>> m = LogMel(SpectrogramConfig(), 32000)
-        >>> tuple(m(torch.zeros(2, 1000)).shape)
-        (2, 128, 2)
+    >>> from birdstack.config import SpectrogramConfig
+    >>> m = LogMel(SpectrogramConfig(), 32000)
+    >>> tuple(m(torch.zeros(2, 1000)).shape)
+    (2, 128, 2)
     """
 
     window: Tensor

@@ -377,6 +377,10 @@ class _RuleState:
     next_k: int = 0
 
 
+class LengthHintError(BirdstackError):
+    """A recording's length differs from its header's by more than the hint's slack."""
+
+
 @dataclass
 class WindowScorer:
     """Scores the windows of several rules over a spectrogram that arrives in chunks.
@@ -384,6 +388,13 @@ class WindowScorer:
     Regular windows are encoded as soon as their frames arrive, tail windows once the
     total length is known (:meth:`finish`); windows shared by rules (same start and
     length) are scored once. Only the frames later windows can still need are kept.
+
+    A centred window (:class:`~.windows.CenterRule`) needs the total length, so it
+    would keep half of the spectrogram. With ``expected_frames`` (from the file's
+    header) and ``slack``, it keeps only the frames the centre can fall in for any
+    length within ``expected_frames +- slack``, copied aside as soon as they have
+    arrived; a length outside that range raises :class:`LengthHintError` at
+    :meth:`finish` (score the recording again without the hint).
     """
 
     encode: Callable[[np.ndarray, int], np.ndarray]
@@ -392,17 +403,34 @@ class WindowScorer:
     batch_size: int = DEFAULT_BATCH
     activation: Callable[[np.ndarray], np.ndarray] = softmax
     n_frames: int = 0
+    expected_frames: int | None = None
+    slack: int = 64
     _states: dict[str, _RuleState] = field(default_factory=dict)
     _buf: FrameBuffer = field(default_factory=FrameBuffer)
     _pending: list[tuple[tuple[int, int], np.ndarray]] = field(default_factory=list)
     _pending_keys: set[tuple[int, int]] = field(default_factory=set)
     _probs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    # the centred window's possible frames [lo, hi) under the length hint, and their copy
+    _centre: tuple[int, int] | None = None
+    _stash: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._states = {
             name: _RuleState(rule, length) for name, (rule, length) in self.rules.items()
         }
         self._max_len = max(length for _, length in self.rules.values())
+        centred = [r.window for r, _ in self.rules.values() if isinstance(r, CenterRule)]
+        if self.expected_frames is not None and centred:
+            w, n, d = max(centred), int(self.expected_frames), max(0, int(self.slack))
+            lo = max(0, (n - d - w) // 2)
+            self._centre = (lo, max(lo, (n + d - w) // 2) + w)
+
+    def _keep_from(self, st: _RuleState) -> int:
+        if isinstance(st.rule, CenterRule) and self._centre is not None:
+            if self._stash is not None:  # its frames are set aside
+                return self.n_frames
+            return max(self._centre[0], keep_from(st.rule, st.next_k, self.n_frames))
+        return keep_from(st.rule, st.next_k, self.n_frames)
 
     def push(self, db: np.ndarray) -> None:
         """Append frames ``[n_mels, f]`` and score every window they complete."""
@@ -415,9 +443,11 @@ class WindowScorer:
             for s in regular[st.next_k :]:
                 self._schedule(s, st.length)
             st.next_k = max(st.next_k, len(regular))
+        if self._centre is not None and self._stash is None and self.n_frames >= self._centre[1]:
+            lo, hi = self._centre
+            self._stash = np.ascontiguousarray(self._buf.frames(lo, hi - lo))
         keep = min(
-            [keep_from(st.rule, st.next_k, self.n_frames) for st in self._states.values()]
-            + [self.n_frames - self._max_len]
+            [self._keep_from(st) for st in self._states.values()] + [self.n_frames - self._max_len]
         )
         self._buf.drop_before(keep)
 
@@ -435,11 +465,25 @@ class WindowScorer:
             out[name] = (starts, np.stack([self._probs[(s, st.length)] for s in starts]))
         return out
 
+    def _frames(self, start: int, length: int) -> np.ndarray:
+        """A window's frames, from the buffer or the centre's copy (fewer at the end)."""
+        if start >= self._buf.start:
+            return self._buf.frames(start, length)
+        stop = min(start + length, self.n_frames)
+        if self._stash is not None and self._centre is not None:
+            lo, hi = self._centre
+            if lo <= start and stop <= hi:
+                return self._stash[:, start - lo : stop - lo]
+        raise LengthHintError(
+            f"the recording has {self.n_frames} spectrogram frames, its header "
+            f"{self.expected_frames} (+- {self.slack})"
+        )
+
     def _schedule(self, start: int, length: int) -> None:
         key = (start, length)
         if key in self._probs or key in self._pending_keys:
             return
-        frames = self._buf.frames(start, length)
+        frames = self._frames(start, length)
         self._pending.append((key, self.encode(frames, length)))
         self._pending_keys.add(key)
         if len(self._pending) >= self.batch_size:
@@ -738,8 +782,37 @@ class Predictor:
         step = seconds_to_frames(hop_s, sr, hop) if hop_s is not None else max(1, length // 2)
         return SegmentRule(length, step, self.preprocessing.encoding.min_last_window), length
 
-    def _scorer(self, rules: dict[str, tuple[WindowRule, int]]) -> WindowScorer:
-        return WindowScorer(self.encode, self.runner, rules, self.batch_size, self.activation)
+    def _scorer(
+        self, rules: dict[str, tuple[WindowRule, int]], expected_frames: int | None = None
+    ) -> WindowScorer:
+        return WindowScorer(
+            self.encode,
+            self.runner,
+            rules,
+            self.batch_size,
+            self.activation,
+            expected_frames=expected_frames,
+        )
+
+    def expected_frames(self, path: str | os.PathLike[str]) -> int | None:
+        """Spectrogram frames ``path``'s header announces, for a model with a centred window.
+
+        The hint that keeps a ``stacked`` model's streaming memory bounded (see
+        :class:`WindowScorer`); ``None`` for other models or when the header has no length.
+        """
+        pre = self.preprocessing
+        if pre.is_birdnet or pre.encoding.kind != "stacked":
+            return None
+        from birdstack.features.audio import audio_info
+
+        try:
+            info = audio_info(path)
+        except Exception:  # noqa: BLE001 - decoding reports the file's problem
+            return None
+        if info.frames <= 0 or info.sample_rate <= 0:
+            return None
+        n = round(info.frames * self.sample_rate / info.sample_rate)
+        return frames_for_samples(n, self.spec.hop_length)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits ``[B, K]`` of a batch of model inputs."""
@@ -825,17 +898,22 @@ class Predictor:
         n_samples: int | list[int] | None = None,
         window_s: float | None = None,
         hop_s: float | None = None,
+        expected_frames: int | None = None,
     ) -> Prediction:
         """A :class:`Prediction` from spectrogram chunks (consecutive frames of one recording).
 
         ``n_samples``: the recording's length in samples (for its duration), or a
-        one-element list that holds it once ``chunks`` is spent.
+        one-element list that holds it once ``chunks`` is spent. ``expected_frames``:
+        the length hint of :meth:`expected_frames` (raises :class:`LengthHintError` when
+        the recording turns out longer or shorter; score it again without).
         """
         set_torch_threads(self.threads)  # this thread runs the model (decoders use 1 thread)
         if self.preprocessing.is_birdnet:
             return self._score_birdnet(chunks, file, n_samples, window_s, hop_s)
         table, length = self.table_rule(window_s, hop_s)
-        scorer = self._scorer({"rec": self.recording_rule(), "win": (table, length)})
+        scorer = self._scorer(
+            {"rec": self.recording_rule(), "win": (table, length)}, expected_frames
+        )
         for db in chunks:
             scorer.push(db)
         if scorer.n_frames == 0:
@@ -979,9 +1057,16 @@ class Predictor:
             return self.score_frames(
                 [self.features(wave)], "<waveform>", wave.size, window_s, hop_s
             )
+        hint = self.expected_frames(source)
         counter = [0]
         chunks = iter_ahead(self.file_chunks(source, block_s, counter))
-        return self.score_frames(chunks, str(source), counter, window_s, hop_s)
+        try:
+            return self.score_frames(chunks, str(source), counter, window_s, hop_s, hint)
+        except LengthHintError as e:  # a header that lies: decode again, keeping every frame
+            log.warning("%s: %s; scoring it again without the length hint", source, e)
+            counter = [0]
+            chunks = iter_ahead(self.file_chunks(source, block_s, counter))
+            return self.score_frames(chunks, str(source), counter, window_s, hop_s)
 
     def _prepare_wave(self, wave: np.ndarray, sample_rate: int | None) -> np.ndarray:
         x = np.asarray(wave, dtype=np.float32)
