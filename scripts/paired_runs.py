@@ -1,0 +1,66 @@
+"""Paired differences between the runs of two sweeps (same folds and seeds), from runs.csv.
+
+A variant run in a sweep folder of its own (e.g. one added later) is compared fold by
+fold with a variant of an earlier sweep whose report is committed under docs/results/:
+
+    python scripts/paired_runs.py docs/results/distill_recipe_compact_top6/runs.csv \\
+        outputs/sweeps/distill_unlabelled_compact_top6/runs.csv \\
+        --reference "recipe + distilled" --variant "distilled + unlabelled"
+    python scripts/paired_runs.py docs/results/distill_recipe_compact_top6/runs.csv \
+        docs/results/recipe_lite0_top6/runs.csv --reference recipe --variant recipe \
+        --names "mobilenet_compact, recipe" "efficientnet_lite0 (ImageNet), recipe"
+
+Prints each side's mean ± std and the paired table of ``birdstack sweep`` reports (mean
+difference, 95 % t-interval, paired t-test, folds won / lost), on the runs both have.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from birdstack.sweeps.report import markdown_table, paired_differences, paired_rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("reference_runs", help="runs.csv of the sweep holding the reference")
+    ap.add_argument("other_runs", help="runs.csv of the sweep holding the variant")
+    ap.add_argument("--reference", required=True, help="the reference's variant label")
+    ap.add_argument("--variant", required=True, help="the compared variant's label")
+    ap.add_argument(
+        "--names",
+        nargs=2,
+        metavar=("REFERENCE", "VARIANT"),
+        help="names to print for the two sides (default: their labels)",
+    )
+    args = ap.parse_args()
+    ref = pd.read_csv(args.reference_runs)
+    other = pd.read_csv(args.other_runs)
+    ref, other = (
+        ref[ref["variant"] == args.reference],
+        other[other["variant"] == args.variant],
+    )
+    for name, df, label in (("reference", ref, args.reference), ("variant", other, args.variant)):
+        if df.empty:
+            raise SystemExit(f"no runs of {label!r} in the {name} runs.csv")
+    ref_name, variant = args.names or (args.reference, args.variant)
+    if ref_name == variant:
+        variant += " (other sweep)"
+    ref, other = ref.assign(variant=ref_name), other.assign(variant=variant)
+    runs = pd.concat([ref, other], ignore_index=True)
+    for label, df in runs.groupby("variant", sort=False):
+        done = df[df["status"] == "done"]
+        print(
+            f"{label}: {len(done)} runs, accuracy {done['acc'].mean():.3f} ± "
+            f"{done['acc'].std():.3f}, macro-F1 {done['f1_macro'].mean():.3f} ± "
+            f"{done['f1_macro'].std():.3f}"
+        )
+    paired = paired_differences(runs, {"all": [ref_name, variant]}, {"all": ref_name})
+    header, rows = paired_rows(paired)
+    print(markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
