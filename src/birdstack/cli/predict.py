@@ -418,8 +418,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         predictor.expected_frames(f.path),
                     )
                 except LengthHintError as e:  # the header's length was wrong: decode again
-                    log.warning("%s: %s; scoring it again", f.display, e)
-                    pred = predictor.predict(f.path, None, args.window_s, args.hop_s, args.block_s)
+                    log.warning("%s: %s; scoring it again without the length hint", f.display, e)
+                    pred = predictor.predict(
+                        f.path, None, args.window_s, args.hop_s, args.block_s, length_hint=False
+                    )
                     pred.file = f.display
             except BadInputError as e:
                 skips.add(f.path, e.reason)

@@ -255,9 +255,7 @@ def compute_logmel(
     The feature cache computes its entries with the same module, so features
     computed here at inference time equal the cached training features.
     """
-    x = torch.from_numpy(np.ascontiguousarray(wave))
-    db = LogMel(spec, sample_rate, dtype=dtype)(x)
-    return db.numpy().astype(np.float32, copy=False)
+    return LogMel(spec, sample_rate, dtype=dtype).compute(wave)
 
 
 def librosa_logmel(y: np.ndarray, sr: int, spec: SpectrogramConfig) -> np.ndarray:

@@ -1048,6 +1048,7 @@ class Predictor:
         window_s: float | None = None,
         hop_s: float | None = None,
         block_s: float = DEFAULT_BLOCK_S,
+        length_hint: bool = True,
     ) -> Prediction:
         """Predict one recording: a file path (decoded in blocks) or a waveform.
 
@@ -1061,16 +1062,14 @@ class Predictor:
             return self.score_frames(
                 [self.features(wave)], "<waveform>", wave.size, window_s, hop_s
             )
-        hint = self.expected_frames(source)
+        hint = self.expected_frames(source) if length_hint else None
         counter = [0]
         chunks = iter_ahead(self.file_chunks(source, block_s, counter))
         try:
             return self.score_frames(chunks, str(source), counter, window_s, hop_s, hint)
         except LengthHintError as e:  # a header that lies: decode again, keeping every frame
             log.warning("%s: %s; scoring it again without the length hint", source, e)
-            counter = [0]
-            chunks = iter_ahead(self.file_chunks(source, block_s, counter))
-            return self.score_frames(chunks, str(source), counter, window_s, hop_s)
+            return self.predict(source, None, window_s, hop_s, block_s, length_hint=False)
 
     def _prepare_wave(self, wave: np.ndarray, sample_rate: int | None) -> np.ndarray:
         x = np.asarray(wave, dtype=np.float32)
@@ -1107,7 +1106,6 @@ def default_threads() -> int:
         import torch
 
         return int(torch.get_num_threads())
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    from birdstack.features.cache import default_workers
+
+    return default_workers()
