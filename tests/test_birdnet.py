@@ -193,8 +193,15 @@ def test_heads_forward_and_rebuild() -> None:
     assert (out[:, 1] == -30).all()
     fused = create_model("birdnet_fused", 3, birdnet.FEATURE_DIM, class_map=[7, -1, 9]).eval()
     own = fused.classifier(fused.forward_features(x))
-    torch.testing.assert_close(fused(x)[:, 1], own[:, 1])  # unmapped: the head alone
+    mapped = x[:, [birdnet.EMBED_DIM + 7, birdnet.EMBED_DIM + 9]]
+    # unmapped: the head on top of BirdNET's evidence for any mapped class (same scale)
+    torch.testing.assert_close(fused(x)[:, 1], own[:, 1] + torch.logsumexp(mapped, dim=1))
     torch.testing.assert_close(fused(x)[:, 0], own[:, 0] + x[:, birdnet.EMBED_DIM + 7])
+    # a checkpoint saved before the evidence weight existed loads as it was trained
+    old = {k: v for k, v in fused.state_dict().items() if k != "evidence_weight"}
+    again = create_model(**fused.model_args).eval()
+    again.load_state_dict(old)
+    torch.testing.assert_close(again(x)[:, 1], own[:, 1])
     with pytest.raises(Exception, match="class_map"):
         create_model("birdnet_fused", 3, birdnet.FEATURE_DIM)
     with pytest.raises(Exception, match="frontend=birdnet"):

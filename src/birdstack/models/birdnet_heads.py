@@ -10,7 +10,8 @@ Each model input is one 3 s window's BirdNET output, ``[embedding 1024 | logits
 * ``birdnet_fused``: ``birdnet_linear`` plus, for each class BirdNET knows, BirdNET's
   own logit for it times a learned per-class weight (initialised to 1). Mapped
   classes start from BirdNET's training; unmapped ones are learned from the
-  embedding alone;
+  embedding, on top of BirdNET's evidence that any mapped species sings (so both
+  kinds of class are on one scale, :class:`FusedNet`);
 * ``birdnet_scores``: BirdNET's own logits for the mapped classes and nothing to
   train (unmapped classes get a logit of -30). It is the no-training reference row.
 
@@ -148,7 +149,19 @@ def birdnet_mlp(args: ModelArgs) -> BirdstackNet:
 
 
 class FusedNet(BirdstackNet):
-    """A head on the embedding plus BirdNET's own logits for the classes it knows."""
+    """A head on the embedding plus BirdNET's own logits for the classes it knows.
+
+    A mapped class scores ``head_k + w_k * birdnet_k``. An unmapped class has no
+    BirdNET logit of its own, and a fixed 0 in its place would not be on the same
+    scale: where BirdNET hears the true (mapped) species only faintly, all mapped
+    logits are negative (-4 to -8 on birds-dev's quieter recordings) and the
+    unmapped class won by default. So an unmapped class scores
+    ``head_k + v_k * logsumexp_j(birdnet_j)`` over the mapped classes: BirdNET's
+    evidence that any of them sings, a baseline on the mapped classes' scale, with
+    ``v_k`` learned (initialised to 1). The head then decides between them on equal
+    terms. A checkpoint saved before ``evidence_weight`` existed loads with ``v = 0``
+    (its own behaviour).
+    """
 
     def __init__(self, base: BirdstackNet, class_map: tuple[int, ...]) -> None:
         super().__init__(
@@ -156,10 +169,25 @@ class FusedNet(BirdstackNet):
         )
         self.scores = MappedScores(class_map)
         self.birdnet_weight = nn.Parameter(torch.ones(len(class_map)))
+        mapped = [k for k, i in enumerate(class_map) if i >= 0]
+        self.register_buffer("mapped", torch.tensor(mapped, dtype=torch.long), persistent=False)
+        # only unmapped classes read the evidence (the mask keeps mapped ones at 0)
+        self.evidence_weight = nn.Parameter(1.0 - self.scores.mask.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         own = self.forward_head(self.forward_features(x))
-        return own + self.birdnet_weight * self.scores(x)
+        scores = self.scores(x)
+        out = own + self.birdnet_weight * scores
+        if len(self.mapped):  # BirdNET's evidence that one of the mapped species sings
+            evidence = torch.logsumexp(scores.index_select(1, self.mapped), dim=1, keepdim=True)
+            out = out + self.evidence_weight * (1.0 - self.scores.mask) * evidence
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        key = prefix + "evidence_weight"
+        if key not in state_dict and prefix + "birdnet_weight" in state_dict:
+            state_dict[key] = torch.zeros_like(self.evidence_weight)  # saved before it existed
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 @register_model(frontend="birdnet", needs_class_map=True)
