@@ -259,7 +259,7 @@ def _predict_argv(tmp_path: Path) -> list[str]:
 CONFIG_ERRORS = [
     (
         ["prepare", "--encoding", "stacks"],
-        "encoding.kind='stacks' is not one of 'stacked', 'segments'",
+        "encoding.kind='stacks' is not one of 'auto', 'stacked', 'segments'",
     ),
     (["prepare", "--short", "maybe"], "short='maybe' is not one of 'drop', 'pad'"),
     (["prepare", "--channels", "20", "--target-frames", "10"], "lower --channels"),
@@ -336,7 +336,8 @@ def test_more_channels_than_frames_from_the_length_rule(tmp_path, monkeypatch, c
             (root / label).mkdir(parents=True, exist_ok=True)
             sf.write(root / label / f"r{i}.wav", chirps(1.0, 16000, seed=i), 16000)
     argv = ["prepare", "--data", str(root), "--cache-dir", str(tmp_path / "cache")]
-    argv += ["--out", str(tmp_path / "prep"), "--channels", "500", "--workers", "1"]
+    argv += ["--out", str(tmp_path / "prep"), "--encoding", "stacked", "--channels", "500"]
+    argv += ["--workers", "1"]
     argv += ["--no-progress", "--folds", "2"]
     with caplog.at_level(logging.ERROR, logger="birdstack"):
         assert run_cli(argv, monkeypatch) == EXIT_CONFIG
@@ -438,7 +439,7 @@ def test_sweep_with_a_skipped_file_exits_3(small_tree, tmp_path, monkeypatch):
     exp.write_text(
         f"name: small\nbase:\n  data: {{path: {small_tree}, n_folds: 2, workers: 1, "
         f"min_class_recordings: 2, cache_dir: {tmp_path / 'cache'}}}\n"
-        "  preprocessing: {encoding: {short: pad}}\n"
+        "  preprocessing: {encoding: {kind: stacked, short: pad}}\n"
         "  trainer: {epochs: 1, batch_size: 8, accelerator: cpu}\nfolds: [0]\n"
     )
     argv = ["sweep", str(exp), "--out", str(tmp_path / "s"), "--no-progress", "--no-eval"]

@@ -83,7 +83,7 @@ def test_stacked_training_ignores_train_crops(demo_dir, cache_dir, tmp_path):
     cfg = Config.from_dict(
         {
             "data": {"path": str(demo_dir), "cache_dir": str(cache_dir)},
-            "preprocessing": {"encoding": {"short": "pad", "train_crops": 4}},
+            "preprocessing": {"encoding": {"kind": "stacked", "short": "pad", "train_crops": 4}},
         }
     )
     prepared = prepare(cfg.data, cfg.preprocessing, tmp_path, progress=False)

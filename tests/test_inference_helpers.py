@@ -102,7 +102,8 @@ def _train(demo_dir: Path, cache_dir: Path, out: Path, encoding: dict) -> Traine
 @pytest.fixture(scope="session")
 def trained_run(demo_dir: Path, cache_dir: Path, tmp_path_factory) -> TrainedRun:
     """mobilenet_compact, the study's stacked encoding (short padded), 1 epoch of train()."""
-    return _train(demo_dir, cache_dir, tmp_path_factory.mktemp("stacked-run"), {"short": "pad"})
+    enc = {"kind": "stacked", "short": "pad"}
+    return _train(demo_dir, cache_dir, tmp_path_factory.mktemp("stacked-run"), enc)
 
 
 @pytest.fixture(scope="session")

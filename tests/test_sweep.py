@@ -372,7 +372,7 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, cache_dir, dem
             "name": "failing",
             "base": {
                 "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
-                "preprocessing": {"encoding": {"short": "pad"}},
+                "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},
                 "trainer": {"epochs": 1, "batch_size": 8, "accelerator": "cpu"},
             },
             # mobilenet_compact has no pretrained weights: fails when the model is built
@@ -433,3 +433,25 @@ def test_runs_that_failed_alike_are_reported_on_one_line():
     assert lines[0].startswith("- failed (2 runs: `imagenet__fold0__seed0`, `imagenet__fold1")
     assert lines[0].count("no weights") == 1 and "error.txt" in lines[0]
     assert lines[1] == "- unfinished (`x__fold0__seed0`)"
+
+
+def test_a_run_saved_with_the_resolved_encoding_matches_its_auto_plan(tmp_path):
+    """train() saves encoding.kind resolved; the plan says "auto": the same run, resumable."""
+    import yaml
+
+    from birdstack.sweeps.sweep import config_differences
+    from birdstack.training.train import resolve_config
+
+    plan = {"name": "auto", "base": {"data": {"path": str(tmp_path)}}, "folds": [0]}
+    exp = experiment_from_dict(plan, tmp_path / "auto.yaml")
+    (run,) = plan_runs(exp, str(tmp_path / "sweep"))
+    assert run.config.preprocessing.encoding.kind == "auto"
+    run.run_dir.mkdir(parents=True)
+    saved = resolve_config(run.config).to_dict()
+    assert saved["preprocessing"]["encoding"]["kind"] == "segments"
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert config_differences(run) == []
+    # a real difference is still one
+    saved["preprocessing"]["encoding"]["kind"] = "stacked"
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert config_differences(run) == ["preprocessing.encoding.kind: 'stacked' -> 'segments'"]

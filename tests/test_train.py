@@ -26,7 +26,7 @@ pytestmark = pytest.mark.xdist_group("train")
 def _cfg(demo_dir: Path, cache_dir: Path, out: Path, **over) -> Config:
     base = {
         "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
-        "preprocessing": {"encoding": {"short": "pad"}},
+        "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},
         "trainer": {"epochs": 3, "batch_size": 8, "progress": False, "accelerator": "cpu"},
         "out_dir": str(out),
     }
@@ -250,3 +250,27 @@ def test_two_process_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
         hist["train/loss"].notna().all()
         and torch.isfinite(torch.tensor(hist["val/loss"].values)).all()
     )
+
+
+def test_default_encoding_is_segments_for_cnns_and_pooled_for_birdnet_heads():
+    """``encoding.kind="auto"``: what worked on real data, decided by the model's front end."""
+    from birdstack.training.train import resolve_config
+
+    cfg = Config()
+    assert cfg.preprocessing.encoding.kind == "auto"
+    cnn = resolve_config(cfg).preprocessing
+    assert (cnn.frontend, cnn.encoding.kind, cnn.encoding.train_crops) == (
+        "logmel",
+        "segments",
+        None,  # every window of every recording, each epoch
+    )
+    assert cnn.input_shape() == cfg.preprocessing.input_shape() == (1, 128, cnn.window_frames())
+    head = resolve_config(cfg.override({"model.name": "birdnet_linear"})).preprocessing
+    assert (head.frontend, head.encoding.kind) == ("birdnet", "pooled")
+    # an explicit choice is kept, also through the switch to the BirdNET front end
+    stacked = cfg.override({"preprocessing.encoding.kind": "stacked"})
+    assert resolve_config(stacked).preprocessing.encoding.kind == "stacked"
+    windows = cfg.override(
+        {"model.name": "birdnet_linear", "preprocessing.encoding.kind": "segments"}
+    )
+    assert resolve_config(windows).preprocessing.encoding.kind == "segments"

@@ -77,9 +77,19 @@ class SpectrogramConfig:
         return sample_rate / self.hop_length
 
 
+ENCODINGS = ("auto", "stacked", "segments", "pooled")
+
+
 @dataclass(frozen=True)
 class EncodingConfig:
     """How a recording's spectrogram becomes model inputs.
+
+    ``auto`` (the default) is ``segments`` for a spectrogram model and ``pooled`` for
+    a head on BirdNET windows, resolved when the data are prepared
+    (:meth:`Preprocessing.resolved`). Segments trained on every window are what
+    worked on real data (docs/results: 0.689 top-6 accuracy against the stacked
+    encoding's 0.433 on the same folds, 0.744 with experiments/recipe.yaml); the
+    study's ``stacked`` encoding stays one option away.
 
     ``stacked`` (the study's): the spectrogram is trimmed from both ends to
     ``target_frames`` (``None``: computed from the training data as the mean frame
@@ -109,7 +119,7 @@ class EncodingConfig:
     1
     """
 
-    kind: Literal["stacked", "segments", "pooled"] = "stacked"
+    kind: Literal["auto", "stacked", "segments", "pooled"] = "auto"
     channels: int = 10
     trim_factor: float = 0.8
     target_frames: int | None = None
@@ -121,9 +131,10 @@ class EncodingConfig:
     pool: Literal["mean", "max"] = "mean"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("stacked", "segments", "pooled"):
+        if self.kind not in ENCODINGS:
             raise ConfigError(
-                f"encoding.kind={self.kind!r}: use 'stacked', 'segments' or (BirdNET) 'pooled'"
+                f"encoding.kind={self.kind!r}: use 'auto', 'stacked', 'segments' or (BirdNET) "
+                "'pooled'"
             )
         if self.pool not in ("mean", "max"):
             raise ConfigError(f"encoding.pool={self.pool!r}: use 'mean' or 'max'")
@@ -216,7 +227,7 @@ class Preprocessing:
             # BirdNET's own input: 48 kHz, windows of its fixed 3 s span
             if self.audio.sample_rate != BIRDNET_SAMPLE_RATE:
                 object.__setattr__(self, "audio", AudioConfig(BIRDNET_SAMPLE_RATE))
-            if self.encoding.kind == "stacked":  # BirdNET's whole-recording input
+            if self.encoding.kind in ("auto", "stacked"):  # BirdNET's whole-recording input
                 enc = dataclasses.replace(self.encoding, kind="pooled", target_frames=None)
                 object.__setattr__(self, "encoding", enc)
         elif self.encoding.kind == "pooled":
@@ -224,6 +235,22 @@ class Preprocessing:
                 "encoding.kind='pooled' pools BirdNET windows: it needs preprocessing."
                 "frontend=birdnet (or a birdnet_* model)"
             )
+
+    def resolved(self) -> Preprocessing:
+        """This preprocessing with ``encoding.kind="auto"`` made concrete.
+
+        ``auto`` stays in a config until the data are prepared, so that a config can
+        still switch front end (``--model birdnet_linear`` makes it ``pooled``); for
+        log-mel it becomes ``segments``, and ``train_crops`` keeps its value (``None``:
+        every window of every recording, each epoch).
+
+        >>> Preprocessing().resolved().encoding.kind
+        'segments'
+        """
+        if self.encoding.kind != "auto":
+            return self
+        enc = dataclasses.replace(self.encoding, kind="segments", target_frames=None)
+        return dataclasses.replace(self, encoding=enc)
 
     @property
     def is_birdnet(self) -> bool:
@@ -252,6 +279,8 @@ class Preprocessing:
 
     def input_frames(self) -> int:
         """Frames of spectrogram consumed by one model input."""
+        if self.encoding.kind == "auto":
+            return self.resolved().input_frames()
         if self.encoding.kind in ("segments", "pooled"):
             return self.window_frames()
         if self.encoding.target_frames is None:
@@ -271,7 +300,7 @@ class Preprocessing:
 
             return (FEATURE_DIM,)
         n_mels = self.spectrogram.n_mels
-        if self.encoding.kind == "segments":
+        if self.encoding.kind in ("auto", "segments"):
             return (1, n_mels, self.window_frames())
         frames = self.input_frames()
         return (self.encoding.channels, n_mels, frames // self.encoding.channels)

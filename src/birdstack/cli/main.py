@@ -153,7 +153,8 @@ DATA_OPTS = [
         "--encoding",
         "preprocessing.encoding.kind",
         str,
-        "stacked (the study's) | segments | pooled (BirdNET windows pooled per recording)",
+        "auto (default: segments, or pooled for BirdNET heads) | stacked (the study's) | "
+        "segments (5 s windows) | pooled (BirdNET windows pooled per recording)",
     ),
     Opt(
         "--channels",

@@ -197,6 +197,7 @@ def prepare(
     recording's targets are listed in the manifest's ``labels`` column (JSON).
     """
     console = console or Console(stderr=True)
+    preprocessing = preprocessing.resolved()  # encoding "auto" -> the front end's own
     multilabel = task is not None and task.multilabel
     if data.negatives and not multilabel:
         raise ConfigError(
@@ -283,6 +284,12 @@ def prepare(
         else:
             df.loc[short, "padded"] = True
     else:
+        if enc.short == "drop":
+            log.warning(
+                "encoding.short=drop is the stacked encoding's rule; with encoding %s short "
+                "recordings are padded to one window (--encoding stacked to drop them)",
+                enc.kind,
+            )
         short = live & (df["frames"] < preprocessing.window_frames())
         df.loc[short, "padded"] = True
     preprocessing = dataclasses.replace(preprocessing, encoding=enc)

@@ -683,8 +683,10 @@ def write_sweep_report(
     confusion matrix and ``report.md`` in ``out_dir``."""
     console = console or Console()
     out = Path(out_dir)
+    from birdstack.training.train import resolve_config  # encoding "auto" made concrete
+
     metric = choose_metrics(
-        [r.config.preprocessing.encoding.kind for r in runs],
+        [resolve_config(r.config).preprocessing.encoding.kind for r in runs],
         exp.epoch,
         multilabel=any(r.config.task.multilabel for r in runs),
     )

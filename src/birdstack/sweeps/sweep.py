@@ -358,11 +358,13 @@ def config_differences(run: RunSpec) -> list[str]:
     saved_path = run.run_dir / "config.yaml"
     if not saved_path.is_file():
         return []
+    from birdstack.training.train import resolve_config  # both as train() resolves them
+
     try:
-        saved = _flat(Config.from_dict(load_yaml(saved_path)).to_dict())
+        saved = _flat(resolve_config(Config.from_dict(load_yaml(saved_path))).to_dict())
     except ConfigError as e:
         return [f"config.yaml unreadable ({e})"]
-    planned = _flat(run.config.to_dict())
+    planned = _flat(resolve_config(run.config).to_dict())
     diffs = []
     for key in sorted(set(saved) | set(planned)):
         if key in _VOLATILE_KEYS:

@@ -27,6 +27,7 @@ watches the same figure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -91,7 +92,8 @@ def resolve_config(cfg: Config) -> Config:
 
     A head on BirdNET windows (``birdnet_*``) switches ``preprocessing.frontend`` to
     ``birdnet``, so ``--model birdnet_mlp`` is all a user has to say; a spectrogram
-    model with ``frontend=birdnet`` is an error.
+    model with ``frontend=birdnet`` is an error. ``encoding.kind="auto"`` becomes the
+    front end's own: ``pooled`` for BirdNET heads, ``segments`` for spectrograms.
     """
     from birdstack.models import is_model, list_models, model_entry
 
@@ -103,10 +105,10 @@ def resolve_config(cfg: Config) -> Config:
         # a species heard in one window of a recording is in the recording
         cfg = cfg.override({"preprocessing.encoding.pool": "max"})
     wanted = model_entry(cfg.model.name).frontend
-    if wanted == cfg.preprocessing.frontend:
-        return cfg
-    if wanted == "birdnet":
-        return cfg.override({"preprocessing.frontend": "birdnet"})
+    if wanted == "birdnet" and cfg.preprocessing.frontend != "birdnet":
+        cfg = cfg.override({"preprocessing.frontend": "birdnet"})
+    if wanted == cfg.preprocessing.frontend:  # encoding "auto" made concrete for it
+        return dataclasses.replace(cfg, preprocessing=cfg.preprocessing.resolved())
     raise ConfigError(
         f"model {cfg.model.name!r} reads log-mel spectrograms, but preprocessing.frontend="
         f"{cfg.preprocessing.frontend!r}; use a birdnet_* model (birdstack models) or "
