@@ -420,6 +420,8 @@ def main() -> None:
         bn_ckpt = tmpd / "birdnet_linear.ckpt"
         if args.birdnet:
             make_checkpoint(bn_ckpt, "birdnet_linear", Preprocessing(frontend="birdnet"), n_classes)
+            if "onnx" in args.runtimes:  # the head exported: BirdNET in LiteRT, no torch
+                export_onnx(bn_ckpt, bn_ckpt.with_suffix(".onnx"))
 
         th, rep = str(args.threads), str(args.repeat)
         first = str(ckpts[args.models[0]])
@@ -452,9 +454,13 @@ def main() -> None:
                 for rt in args.runtimes:
                     argv = ["predict", str(audio), str(ckpts[m]), rt, th, rep]
                     rows.append((c, m, rt, _subprocess(argv)))
-            if args.birdnet:  # the head runs in torch: BirdNET itself is the cost
+            if args.birdnet:  # the head in torch, then exported to ONNX (torch-free)
                 argv = ["predict", str(audio), str(bn_ckpt), "torch", th, rep]
                 rows.append((c, "BirdNET V2.4 + linear head", "litert", _subprocess(argv)))
+                if "onnx" in args.runtimes:
+                    argv = ["predict", str(audio), str(bn_ckpt), "onnx", th, rep]
+                    name = "BirdNET V2.4 + linear head (ONNX)"
+                    rows.append((c, name, "litert", _subprocess(argv)))
                 try:
                     argv = ["birdnet-package", str(audio), "-", "-", th, rep]
                     rows.append((c, "birdnet package predict", "litert", _subprocess(argv)))
