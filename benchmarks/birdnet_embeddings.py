@@ -6,7 +6,8 @@ as seconds of audio per second of wall time and per second of CPU time:
 
 * birdstack cold: :meth:`FeatureCache.compute_many` into a fresh temporary cache
   (decoding, soxr resampling to 48 kHz, BirdNET on LiteRT with XNNPACK, batches of
-  32 windows, atomic writes of embeddings + logits), in ``--workers`` processes
+  ``BirdnetConfig.batch_size`` windows (4; 32 before 2026-12-03), atomic writes of
+  embeddings + logits), in ``--workers`` processes
   with one interpreter thread each;
 * birdstack warm: the same call again (everything found in the cache);
 * the ``birdnet`` package (1.3.1, ``pip install 'birdstack[bench]'``): its own
