@@ -149,6 +149,16 @@ def test_defaults_keep_every_demo_class(demo_dir, cache_dir):
     assert p.kept["padded"].sum() > 0  # short recordings are padded, not dropped
 
 
+def test_short_drop_is_the_stacked_rule_and_says_so_elsewhere(demo_dir, cache_dir, caplog):
+    """With 5 s segments (the default) a short recording is one padded window, never dropped."""
+    over = {"preprocessing.encoding.kind": "auto", "preprocessing.encoding.short": "drop"}
+    with caplog.at_level(logging.WARNING, logger="birdstack"):
+        p = _prepare(demo_dir, cache_dir, **over)
+    assert p.preprocessing.encoding.kind == "segments"
+    assert "encoding.short=drop is the stacked encoding's rule" in caplog.text
+    assert len(p.classes) == 6 and not p.kept["drop_reason"].str.contains("shorter").any()
+
+
 def test_guard_names_the_class_its_count_and_the_rules(demo_dir, cache_dir):
     # the study's short=drop without balancing: margarops_fuscatus keeps 4 of its 8
     # recordings (3 shorter than the stacked target, 1 naming coereba_flaveola)
