@@ -283,13 +283,12 @@ class Preprocessing:
 
     def input_frames(self) -> int:
         """Frames of spectrogram consumed by one model input."""
-        if self.encoding.kind == "auto":
-            return self.resolved().input_frames()
-        if self.encoding.kind in ("segments", "pooled"):
+        enc = self.resolved().encoding
+        if enc.kind in ("segments", "pooled"):
             return self.window_frames()
-        if self.encoding.target_frames is None:
+        if enc.target_frames is None:
             raise ConfigError("encoding.target_frames is not resolved yet (run prepare first)")
-        return self.encoding.target_frames
+        return enc.target_frames
 
     def input_seconds(self) -> float:
         """Seconds of audio covered by one model input."""
@@ -304,7 +303,7 @@ class Preprocessing:
 
             return (FEATURE_DIM,)
         n_mels = self.spectrogram.n_mels
-        if self.encoding.kind in ("auto", "segments"):
+        if self.resolved().encoding.kind == "segments":
             return (1, n_mels, self.window_frames())
         frames = self.input_frames()
         return (self.encoding.channels, n_mels, frames // self.encoding.channels)
