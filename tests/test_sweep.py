@@ -455,3 +455,22 @@ def test_a_run_saved_with_the_resolved_encoding_matches_its_auto_plan(tmp_path):
     saved["preprocessing"]["encoding"]["kind"] = "stacked"
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     assert config_differences(run) == ["preprocessing.encoding.kind: 'stacked' -> 'segments'"]
+
+
+def test_speed_only_settings_do_not_make_another_run(tmp_path):
+    """A run saved before a speed-only default changed (BirdNET's windows per call) resumes."""
+    import yaml
+
+    from birdstack.sweeps.sweep import config_differences
+    from birdstack.training.train import resolve_config
+
+    plan = {"name": "old", "base": {"data": {"path": str(tmp_path)}}, "folds": [0]}
+    (run,) = plan_runs(experiment_from_dict(plan, tmp_path / "old.yaml"), str(tmp_path / "s"))
+    run.run_dir.mkdir(parents=True)
+    saved = resolve_config(run.config).to_dict()
+    saved["preprocessing"]["birdnet"].update(batch_size=32, threads=2)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert config_differences(run) == []
+    saved["preprocessing"]["birdnet"]["hop_s"] = 1.5  # changes the features: another run
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert config_differences(run) == ["preprocessing.birdnet.hop_s: 1.5 -> 3.0"]

@@ -91,7 +91,17 @@ EXPERIMENT_KEYS = (
 COMPARE_KEYS = ("figures_by", "title", "reference", "epoch")
 RUN_FILE = "sweep_run.json"
 # config keys that may differ between a finished run and the same run planned again
-_VOLATILE_KEYS = ("out_dir", "trainer.progress", "data.cache_dir", "data.workers")
+# keys that change where files go, speed or memory, never a result: a run folder saved
+# with other values is still the same run (BirdNET's threads and windows per call give
+# identical features, see BirdnetConfig)
+_VOLATILE_KEYS = (
+    "out_dir",
+    "trainer.progress",
+    "data.cache_dir",
+    "data.workers",
+    "preprocessing.birdnet.threads",
+    "preprocessing.birdnet.batch_size",
+)
 
 
 @dataclass
