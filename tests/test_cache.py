@@ -13,7 +13,7 @@ import soundfile as sf
 from birdstack.config import AudioConfig, SpectrogramConfig
 from birdstack.features.audio import load_audio
 from birdstack.features.cache import FeatureCache
-from birdstack.features.mel import compute_logmel
+from birdstack.features.mel import compute_logmel, torch_fft_dtype_for
 from birdstack.utils import BadInputError, file_sha1
 
 AUDIO = AudioConfig(sample_rate=16000)
@@ -59,7 +59,7 @@ def test_features_and_metadata(tmp_path: Path, wavs: list[Path]) -> None:
     for p in wavs:
         e = res[p]
         wave = load_audio(p, 16000)
-        expected = compute_logmel(wave, SPEC, 16000)
+        expected = compute_logmel(wave, SPEC, 16000, dtype=torch_fft_dtype_for(SPEC))
         stored = np.load(e.cache_file)
         assert stored.dtype == np.float32
         np.testing.assert_array_equal(stored, expected)
@@ -99,7 +99,7 @@ def test_content_keys(tmp_path: Path, wavs: list[Path]) -> None:
     sf.write(wavs[0], chirp(9), 16000)  # same name, new content: a miss
     res = cache.compute_many(wavs[:1], workers=1, progress=False)
     assert res.n_computed == 1
-    expected = compute_logmel(load_audio(wavs[0], 16000), SPEC, 16000)
+    expected = compute_logmel(load_audio(wavs[0], 16000), SPEC, 16000, torch_fft_dtype_for(SPEC))
     np.testing.assert_array_equal(np.load(res[0].cache_file), expected)
     # identical contents in one call are computed once
     twin = tmp_path / "twin.wav"
@@ -111,6 +111,8 @@ def test_content_keys(tmp_path: Path, wavs: list[Path]) -> None:
 def test_settings_select_the_folder(tmp_path: Path) -> None:
     base = cache_at(tmp_path)
     assert cache_at(tmp_path, top_db=60.0).dir == base.dir  # normalisation: not in the key
+    # ... but the FFT precision it implies is: 160 dB of power range needs float64
+    assert cache_at(tmp_path, top_db=160.0).dir != base.dir
     assert cache_at(tmp_path, n_mels=64).dir != base.dir
     assert FeatureCache(tmp_path, AudioConfig(32000), SPEC).dir != base.dir
 

@@ -13,7 +13,9 @@ BirdNET embeddings and logits (float32 ``[1024 + 6522, windows]``, see
 ``sha1`` is the SHA-1 of the audio file's bytes, so renamed or copied files hit the
 cache and a file whose content changes misses it. ``settings_hash`` covers the
 audio and spectrogram settings that change the stored values (``top_db`` does not:
-it is applied per model input) and :data:`FEATURE_VERSION`; for BirdNET it covers
+it is applied per model input), the FFT's precision (float32 where a model cannot see
+the difference, :func:`birdstack.features.melbank.fft_dtype_for`; that does depend on
+``top_db``) and :data:`FEATURE_VERSION`; for BirdNET it covers
 the backbone's identity (name, version, sha256 of the model file), the window hop
 and the last-window rule instead, so two BirdNET models never share entries.
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import multiprocessing
@@ -48,7 +51,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +65,9 @@ from birdstack.utils import (
     remove_stale_temp_files,
     stable_hash,
 )
+
+if TYPE_CHECKING:  # torch is imported where features are computed, not on import
+    import torch
 
 # Bump when the way features are computed changes: old entries are then ignored.
 FEATURE_VERSION = 1
@@ -145,6 +151,13 @@ class CacheResult:
 # --------------------------------------------------------------------------- computing
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _key_settings(
     audio: AudioConfig,
     spec: SpectrogramConfig,
@@ -163,11 +176,17 @@ def _key_settings(
             "hop_s": birdnet.hop_s,
             "min_last_window": min_last,
         }
+    from birdstack.features.melbank import fft_dtype_for
+
     spec_d = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_IN_KEY}
     return {
         "feature_version": FEATURE_VERSION,
         "audio": dataclasses.asdict(audio),
         "spectrogram": spec_d,
+        # the FFT's precision follows the settings (top_db included, see fft_dtype_for);
+        # entries computed before it was chosen per settings (float64 throughout) have
+        # no such key, so they are not mixed with these
+        "fft_dtype": np.dtype(fft_dtype_for(spec)).name,
     }
 
 
@@ -192,6 +211,15 @@ def _compute_birdnet(
     return np.concatenate(chunks, axis=1), counter[0]
 
 
+@functools.lru_cache(maxsize=4)
+def _log_mel(spec: SpectrogramConfig, sample_rate: int) -> torch.nn.Module:
+    """The log-mel module of these settings, built once per process (its filters and
+    window took about 2 % of a worker's time when built per file)."""
+    from birdstack.features.mel import LogMel, torch_fft_dtype_for
+
+    return LogMel(spec, sample_rate, dtype=torch_fft_dtype_for(spec))
+
+
 def _compute_features(
     path: Path,
     audio: AudioConfig,
@@ -206,10 +234,9 @@ def _compute_features(
     import torch
 
     from birdstack.features.audio import audio_info, load_audio, stream_audio
-    from birdstack.features.mel import LogMel
 
     sr = audio.sample_rate
-    mel = LogMel(spec, sr)
+    mel = _log_mel(spec, sr)
     with torch.no_grad():
         if audio_info(path).duration_s > STREAM_ABOVE_S:
             n = [0]
@@ -520,16 +547,18 @@ class FeatureCache:
         n_proc = min(workers or default_workers(), len(todo))
         # BirdNET: one interpreter thread per worker process, all threads in-process
         threads = 1 if n_proc > 1 else None
+        # largest files first, so the last jobs are short and no worker idles at the end
+        order = sorted(todo, key=lambda sha: -_size(paths[todo[sha][0]]))
         jobs = {
             sha: (
-                str(paths[idx[0]]),
+                str(paths[todo[sha][0]]),
                 sha,
                 *map(str, self._files(sha)),
                 self.audio,
                 self.spec,
                 *self._extra(threads),
             )
-            for sha, idx in todo.items()
+            for sha in order
         }
         out: dict[str, dict[str, Any]] = {}
         bar = progress_bar(total=len(jobs), desc="features", unit="file", disable=not progress)

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from birdstack.config import SpectrogramConfig
 from birdstack.features.melbank import (  # noqa: F401 - re-exported, the torch-free half
+    fft_dtype_for,
     hz_to_mel,
     mel_filterbank,
     mel_to_hz,
@@ -38,10 +39,25 @@ from birdstack.features.melbank import (  # noqa: F401 - re-exported, the torch-
 # Frames transformed at a time on CPU: small enough for the frames, their FFT and
 # power to stay in cache (about 3x faster than one transform of the whole file).
 CPU_CHUNK_FRAMES = 128
-# Precision of the windowing and FFT. float64 matches librosa (which windows and
-# transforms in float64) to < 0.01 dB down to -100 dB; float32 is about 1.5x faster
-# but is off by up to ~0.4 dB in bins > 120 dB below a frame's loudest.
+# Precision of the windowing and FFT of a bare LogMel. float64 matches librosa (which
+# windows and transforms in float64) to < 0.01 dB down to -100 dB; float32 is about 1.5x
+# faster but is off by up to ~0.4 dB in bins > 120 dB below a frame's loudest. The
+# feature pipeline (cache, predict) picks per settings with :func:`torch_fft_dtype_for`.
 DEFAULT_FFT_DTYPE = torch.float64
+
+
+def torch_fft_dtype_for(spec: SpectrogramConfig) -> torch.dtype:
+    """:func:`~birdstack.features.melbank.fft_dtype_for` as a torch dtype.
+
+    The FFT precision of every model input: training features (the cache) and
+    ``predict`` (both runtimes) use it, so they compute the same values.
+
+    >>> torch_fft_dtype_for(SpectrogramConfig())
+    torch.float32
+    >>> torch_fft_dtype_for(SpectrogramConfig(power=1.0))
+    torch.float64
+    """
+    return torch.float32 if fft_dtype_for(spec) is np.float32 else torch.float64
 
 
 # --------------------------------------------------------------------------- log-mel module
@@ -252,8 +268,9 @@ def compute_logmel(
 ) -> np.ndarray:
     """Log-mel dB ``[n_mels, F]`` float32 of a mono wave, on CPU (see :class:`LogMel`).
 
-    The feature cache computes its entries with the same module, so features
-    computed here at inference time equal the cached training features.
+    The feature cache computes its entries with the same module and
+    ``dtype=torch_fft_dtype_for(spec)``; pass that dtype to get the cached training
+    features exactly.
     """
     return LogMel(spec, sample_rate, dtype=dtype).compute(wave)
 

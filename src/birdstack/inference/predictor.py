@@ -548,14 +548,19 @@ class Predictor:
         self.seconds_per_frame = preprocessing.seconds_per_frame()
         # the log-mel front end: torch's LogMel (the feature cache's own) with the torch
         # runtime; with ONNX Runtime its NumPy twin, so an ONNX predictor never imports
-        # torch (about 670 MB of resident memory). Its FFT runs in float32 (1.8x faster)
-        # where the model's inputs cannot see the difference (fft_dtype_for: default
-        # settings, normalised inputs within 3e-5 of the float64 ones), else in float64
+        # torch (about 670 MB of resident memory). Both run the FFT in the cache's
+        # precision: float32 (1.8x faster) where the model's inputs cannot see the
+        # difference (fft_dtype_for: default settings, normalised inputs within 3e-5 of
+        # the float64 ones), else float64
         self._mel: Callable[[np.ndarray], np.ndarray]
         if runtime == "torch":
-            from birdstack.features.mel import LogMel
+            from birdstack.features.mel import LogMel, torch_fft_dtype_for
 
-            self._mel = LogMel(self.spec, self.sample_rate).eval().compute
+            self._mel = (
+                LogMel(self.spec, self.sample_rate, torch_fft_dtype_for(self.spec))
+                .eval()
+                .compute
+            )
         else:
             self._mel = NumpyLogMel(self.spec, self.sample_rate, fft_dtype_for(self.spec))
         # per-class factors of the location filter (None: off), see set_location
@@ -716,9 +721,10 @@ class Predictor:
 
         Computed as the training features are: with the torch runtime by the feature
         cache's own :class:`~birdstack.features.mel.LogMel`, with ONNX Runtime by its
-        NumPy twin :class:`~birdstack.features.melbank.NumpyLogMel` (a float32 FFT where
-        the model cannot see it, :func:`~birdstack.features.melbank.fft_dtype_for`), so
-        training and inference cannot drift.
+        NumPy twin :class:`~birdstack.features.melbank.NumpyLogMel`, both with the
+        cache's FFT precision (float32 where the model cannot see it,
+        :func:`~birdstack.features.melbank.fft_dtype_for`), so training and inference
+        cannot drift.
         With the BirdNET front end: BirdNET's features ``[7546, windows]`` of the 48 kHz
         waveform.
         """
