@@ -21,8 +21,11 @@ given, ``--threads``) and polls its RSS from outside. The time covers
 decoding, log-mel and the model (loading the model is not counted); "CPU s" is the
 process CPU time, a figure less sensitive than wall time to other load on the machine.
 Decoding alone and decoding + log-mel are printed as ceilings. The models are
-randomly initialised (speed does not depend on the weights); the stacked target
-length follows the study's rule on the source recordings. ``--checkpoints
+randomly initialised (speed does not depend on the weights), each with the inputs of
+``--encodings``: the study's stacked recording (its target length follows the study's
+rule on the source recordings; N segments as the channels of one input, so a tenth of
+the pixels of the same audio as 5 s segments) and 5 s segments (the training default),
+with ``predict``'s default windows (the model's span, no overlap). ``--checkpoints
 NAME=CKPT ...`` measures trained checkpoints instead (each with its own
 preprocessing, exported to ONNX here), e.g. a distilled student next to the same
 architecture trained on labels alone.
@@ -354,6 +357,15 @@ def main() -> None:
         help="input formats, each made from the same audio (default: ogg mp3 flac)",
     )
     ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument(
+        "--encodings",
+        nargs="+",
+        choices=("stacked", "segments"),
+        default=["stacked", "segments"],
+        help="inputs of the --models: the study's stacked recording (10 segments as the "
+        "channels of one input) and/or 5 s segments (the default for training since #12), "
+        "each with predict's default windows",
+    )
     ap.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     ap.add_argument(
         "--checkpoints",
@@ -410,10 +422,20 @@ def main() -> None:
                 shutil.copyfile(path, ckpts[name])
                 args.models.append(name)
         else:
-            stacked = Preprocessing(encoding=EncodingConfig(kind="stacked", target_frames=target))
+            inputs = {
+                "stacked": Preprocessing(
+                    encoding=EncodingConfig(kind="stacked", target_frames=target)
+                ),
+                "segments": Preprocessing(encoding=EncodingConfig(kind="segments")),
+            }
+            names = []
             for m in args.models:
-                ckpts[m] = tmpd / f"{m}.ckpt"
-                make_checkpoint(ckpts[m], m, stacked, n_classes)
+                for enc in args.encodings:
+                    name = f"{m} ({enc})"
+                    ckpts[name] = tmpd / f"{m}-{enc}.ckpt"
+                    make_checkpoint(ckpts[name], m, inputs[enc], n_classes)
+                    names.append(name)
+            args.models = names
         if "onnx" in args.runtimes:
             for ck in ckpts.values():
                 export_onnx(ck, ck.with_suffix(".onnx"))
@@ -467,15 +489,15 @@ def main() -> None:
                 except RuntimeError as e:
                     print(f"{c}: birdnet package not measured ({str(e).splitlines()[-1]})")
             if "onnx" in args.runtimes:
-                m = args.models[0]
-                out = tmpd / f"out-{c}"
-                r = run_cli(audio, ckpts[m].with_suffix(".onnx"), args.threads, out)
-                rows.append((c, f"birdstack predict ({m})", "onnx", r))
+                for i, m in enumerate(args.models):
+                    out = tmpd / f"out-{c}-{i}"
+                    r = run_cli(audio, ckpts[m].with_suffix(".onnx"), args.threads, out)
+                    rows.append((c, f"birdstack predict, {m}", "onnx", r))
 
     load = f" (load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
     print(f"\nbest of {args.repeat} runs each{load}")
     print(
-        f"{'input':<5} {'configuration':<38} {'runtime':<8} {'wall s':>8} {'RTF':>9} "
+        f"{'input':<5} {'configuration':<50} {'runtime':<8} {'wall s':>8} {'RTF':>9} "
         f"{'CPU s':>7} {'CPU s/h':>8} {'peak RSS':>10} {'growth':>8}"
     )
     for c, name, rt, r in rows:
@@ -483,7 +505,7 @@ def main() -> None:
         per_h = r["cpu"] / (r["seconds"] / 3600)
         growth = (r["peak_rss"] - r["base_rss"]) / 2**20 if r["base_rss"] else float("nan")
         print(
-            f"{c:<5} {name:<38} {rt:<8} {r['wall']:>8.2f} {rtf:>8.0f}x {r['cpu']:>7.2f} "
+            f"{c:<5} {name:<50} {rt:<8} {r['wall']:>8.2f} {rtf:>8.0f}x {r['cpu']:>7.2f} "
             f"{per_h:>8.1f} {r['peak_rss'] / 2**20:>7.0f} MiB {growth:>4.0f} MiB"
         )
     print("(the birdstack predict row: the whole command, imports and model loading included)")

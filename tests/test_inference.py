@@ -98,16 +98,16 @@ def test_stacked_recording_rule_is_the_training_encoding(stacked, stacked_run):
     assert np.abs(direct([encode_stacked(long[:, :t], t, c, top)])[0] - expected).max() > 1e-4
 
 
-def test_window_probs_default_is_the_model_span_with_half_overlap(stacked):
+def test_window_probs_default_is_the_model_span_without_overlap(stacked):
     pre = stacked.preprocessing
     t = pre.input_frames()
     spf = pre.spectrogram.hop_length / pre.audio.sample_rate
-    db = np.random.default_rng(0).normal(-40, 10, size=(pre.spectrogram.n_mels, 3 * t + 5))
+    db = np.random.default_rng(0).normal(-40, 10, size=(pre.spectrogram.n_mels, 3 * t + t // 2 + 5))
     starts, ends, probs = stacked.window_probs(db.astype(np.float32))
-    half = t // 2
-    assert np.allclose(starts, np.arange(len(starts)) * half * spf)
+    assert np.allclose(starts, np.arange(len(starts)) * t * spf)
+    assert len(starts) == 4  # 3 full windows and the last partial one (over half a window)
     assert ends[0] == pytest.approx(pre.input_seconds())
-    assert ends[-1] == pytest.approx((3 * t + 5) * spf)  # last partial window, clipped
+    assert ends[-1] == pytest.approx((3 * t + t // 2 + 5) * spf)  # last partial window, clipped
     assert probs.shape == (len(starts), len(stacked.classes))
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     s2, e2, p2 = stacked.window_probs(db.astype(np.float32), window_s=3.0, hop_s=1.0)
@@ -137,8 +137,12 @@ def test_streamed_file_gives_the_same_windows_as_in_memory(segments, tmp_path):
         np.testing.assert_allclose(streamed.window_probs, mem.window_probs, rtol=0, atol=1e-5)
         np.testing.assert_allclose(streamed.probs, mem.probs, rtol=0, atol=1e-5)
     assert mem.duration_s == pytest.approx(47.3, abs=1e-4)
-    assert mem.ends_s[-1] == pytest.approx(47.3, abs=1e-4)
-    assert len(mem.starts_s) == int((47.3 - 5.0) // 2.5) + 1 + 1  # full windows + partial
+    # 5 s windows without overlap: 9 full ones; the last 2.3 s are under the half window
+    # (encoding.min_last_window) a partial window needs, as in training
+    assert len(mem.starts_s) == 9 and mem.ends_s[-1] == pytest.approx(45.0, abs=0.1)
+    overlapping = segments.predict(path, hop_s=2.5)  # a partial window of 4.8 s now fits
+    assert len(overlapping.starts_s) == int((47.3 - 5.0) // 2.5) + 1 + 1
+    assert overlapping.ends_s[-1] == pytest.approx(47.3, abs=1e-4)
 
 
 def test_stacked_length_hint_is_exact_and_a_lying_header_changes_nothing(

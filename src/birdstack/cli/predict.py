@@ -51,7 +51,13 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
         "species above its stored threshold in each window instead",
     )
     p.add_argument("--window-s", type=float, default=None, help="window length (model's span)")
-    p.add_argument("--hop-s", type=float, default=None, help="hop between windows (half a window)")
+    p.add_argument(
+        "--hop-s",
+        type=float,
+        default=None,
+        help="hop between windows (default: one window, no overlap; half the window for "
+        "overlapping windows, at twice the model time)",
+    )
     p.add_argument(
         "--min-confidence",
         type=float,

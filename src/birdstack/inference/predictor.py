@@ -21,7 +21,9 @@ Two levels of output:
   the :func:`~birdstack.features.encoding.segment_starts` windows, exactly as
   validation pools them (:func:`birdstack.training.module.pool_by_recording`).
 * **window level** (:meth:`Predictor.window_probs`): windows of ``window_s`` (default:
-  the model's own input span) every ``hop_s`` (default: half a window); a final
+  the model's own input span) every ``hop_s`` (default: one window, no overlap, as
+  BirdNET-Analyzer, OpenSoundscape and birdstack's BirdNET models do; the windows of a
+  ``segments`` model's recording rule are then the same windows, scored once); a final
   partial window is kept (padded) when it holds at least ``encoding.min_last_window``
   of a window. A ``stacked`` model encodes each window with
   :func:`~birdstack.features.encoding.encode_stacked`.
@@ -770,7 +772,7 @@ class Predictor:
     def table_rule(
         self, window_s: float | None = None, hop_s: float | None = None
     ) -> tuple[WindowRule, int]:
-        """The per-window table rule: ``window_s`` (model span) every ``hop_s`` (half a window).
+        """The per-window table rule: ``window_s`` (model span) every ``hop_s`` (one window).
 
         BirdNET models score BirdNET's own 3 s windows every ``birdnet.hop_s`` (or every
         multiple of it that ``hop_s`` asks for).
@@ -789,7 +791,7 @@ class Predictor:
             if window_s is not None
             else self.preprocessing.input_frames()
         )
-        step = seconds_to_frames(hop_s, sr, hop) if hop_s is not None else max(1, length // 2)
+        step = seconds_to_frames(hop_s, sr, hop) if hop_s is not None else max(1, length)
         return SegmentRule(length, step, self.preprocessing.encoding.min_last_window), length
 
     def _scorer(
