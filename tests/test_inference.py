@@ -138,8 +138,11 @@ def test_streamed_file_gives_the_same_windows_as_in_memory(segments, tmp_path):
         np.testing.assert_allclose(streamed.probs, mem.probs, rtol=0, atol=1e-5)
     assert mem.duration_s == pytest.approx(47.3, abs=1e-4)
     # 5 s windows without overlap: 9 full ones; the last 2.3 s are under the half window
-    # (encoding.min_last_window) a partial window needs, as in training
-    assert len(mem.starts_s) == 9 and mem.ends_s[-1] == pytest.approx(45.0, abs=0.1)
+    # (encoding.min_last_window) a partial window needs, so a 10th full window ends at
+    # the end: every second is in some window
+    assert len(mem.starts_s) == 10 and mem.ends_s[-1] == pytest.approx(47.3, abs=1e-4)
+    assert mem.starts_s[-1] == pytest.approx(47.3 - 5.0, abs=0.05)
+    np.testing.assert_allclose(np.diff(mem.starts_s[:9]), 5.0, atol=0.02)
     overlapping = segments.predict(path, hop_s=2.5)  # a partial window of 4.8 s now fits
     assert len(overlapping.starts_s) == int((47.3 - 5.0) // 2.5) + 1 + 1
     assert overlapping.ends_s[-1] == pytest.approx(47.3, abs=1e-4)

@@ -31,6 +31,22 @@ def test_segment_rule_is_the_training_rule_with_overlap_and_partial_last_window(
             assert SegmentRule(w, h, m).starts(n) == segment_starts(n, w, h, m)
 
 
+def test_table_rule_covers_the_end_with_one_more_full_window():
+    table = SegmentRule(100, 100, 0.5, cover_end=True)
+    assert table.starts(349) == [0, 100, 200, 249]  # 49 frames left: a full window ends there
+    assert table.starts(350) == [0, 100, 200, 300]  # a partial window of 50 covers it
+    assert table.starts(300) == [0, 100, 200] and table.starts(40) == [0]
+    assert table.tail(349) == [249] and table.regular_until(349) == [0, 100, 200]
+    for n in range(1, 700, 7):
+        for w, h, m in ((100, 100, 0.5), (313, 313, 0.5), (64, 30, 0.25), (100, 50, 0.9)):
+            starts = SegmentRule(w, h, m, cover_end=True).starts(n)
+            covered = np.zeros(n, bool)
+            for s in starts:
+                covered[s : s + w] = True
+            assert covered.all(), (n, w, h, m, starts)  # every frame is in a window
+            assert starts == sorted(set(starts))
+
+
 def test_center_rule_matches_training_trim():
     from birdstack.features.encoding import center_trim
 

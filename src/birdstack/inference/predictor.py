@@ -25,7 +25,8 @@ Two levels of output:
   BirdNET-Analyzer, OpenSoundscape and birdstack's BirdNET models do; the windows of a
   ``segments`` model's recording rule are then the same windows, scored once); a final
   partial window is kept (padded) when it holds at least ``encoding.min_last_window``
-  of a window. A ``stacked`` model encodes each window with
+  of a window, else one more full window ends at the recording's end, so every second
+  is in some window. A ``stacked`` model encodes each window with
   :func:`~birdstack.features.encoding.encode_stacked`.
 
 Files are decoded in blocks (:func:`birdstack.features.audio.stream_audio`) and the
@@ -792,7 +793,8 @@ class Predictor:
             else self.preprocessing.input_frames()
         )
         step = seconds_to_frames(hop_s, sr, hop) if hop_s is not None else max(1, length)
-        return SegmentRule(length, step, self.preprocessing.encoding.min_last_window), length
+        rule = SegmentRule(length, step, self.preprocessing.encoding.min_last_window, cover_end=True)
+        return rule, length
 
     def _scorer(
         self, rules: dict[str, tuple[WindowRule, int]], expected_frames: int | None = None

@@ -38,11 +38,17 @@ from birdstack.features.encoding import segment_starts
 
 @dataclass(frozen=True)
 class SegmentRule:
-    """``segments`` windows: full windows every ``hop``, optional partial last window."""
+    """``segments`` windows: full windows every ``hop``, optional partial last window.
+
+    ``cover_end`` (detection tables): when the end is left uncovered because the last
+    partial window would be shorter than ``min_last`` of a window, one more full window
+    ends at the last frame, so every frame of the recording is in some window.
+    """
 
     window: int
     hop: int
     min_last: float = 0.5
+    cover_end: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.hop < 1:
@@ -56,7 +62,10 @@ class SegmentRule:
 
     def starts(self, n_frames: int) -> list[int]:
         """All start frames for a spectrogram of ``n_frames``."""
-        return segment_starts(n_frames, self.window, self.hop, self.min_last)
+        starts = segment_starts(n_frames, self.window, self.hop, self.min_last)
+        if self.cover_end and starts[-1] + self.window < n_frames:
+            starts.append(n_frames - self.window)
+        return starts
 
     def tail(self, n_frames: int) -> list[int]:
         """Start frames that are not regular windows (known only once ``n_frames`` is)."""
