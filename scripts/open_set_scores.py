@@ -8,7 +8,8 @@ literature: the maximum softmax probability (Hendrycks & Gimpel 2017), the maxim
 logit (Hendrycks et al. 2022) and the energy, ``logsumexp`` of the logits (Liu et al.
 2020)::
 
-    python scripts/open_set_scores.py outputs/sweeps/recipe_ablation_compact/runs/no_crop__fold*__seed0 \\
+    python scripts/open_set_scores.py \\
+        outputs/sweeps/recipe_ablation_compact/runs/no_crop__fold*__seed0 \\
         --other-species ../shared/data/birds-dev \\
         --ood nips4b=../shared/data/soundscapes/audio --ood noise=../shared/data/noise/audio \\
         --limit 80 --out docs/results/open_set_single_label
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from birdstack.cli.predict import AUDIO_EXTENSIONS
+from birdstack.features.audio import find_audio_files
 from birdstack.inference.predictor import Predictor
 
 SCORES = ("max softmax", "max logit", "energy")
@@ -66,7 +67,7 @@ def scores(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def audio_files(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    return [str(p) for p in find_audio_files(folder)]
 
 
 def _std(x: float) -> str:
@@ -144,7 +145,8 @@ def main() -> None:
         out_windows=("out_windows", "sum"),
     )
     lines = [
-        "| group | score | ROC-AUC (in vs out) | out windows kept at 95 % in-recall | runs | out windows |",
+        "| group | score | ROC-AUC (in vs out) | out windows kept at 95 % in-recall "
+        "| runs | out windows |",
         "|---|---|---|---|---|---|",
     ]
     for (group, score), r in agg.iterrows():

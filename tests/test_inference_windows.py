@@ -36,6 +36,8 @@ def test_table_rule_covers_the_end_with_one_more_full_window():
     assert table.starts(349) == [0, 100, 200, 249]  # 49 frames left: a full window ends there
     assert table.starts(350) == [0, 100, 200, 300]  # a partial window of 50 covers it
     assert table.starts(300) == [0, 100, 200] and table.starts(40) == [0]
+    assert table.starts(305) == [0, 100, 200]  # 5 frames: rounding, not worth a window
+    assert table.starts(306) == [0, 100, 200, 206]
     assert table.tail(349) == [249] and table.regular_until(349) == [0, 100, 200]
     for n in range(1, 700, 7):
         for w, h, m in ((100, 100, 0.5), (313, 313, 0.5), (64, 30, 0.25), (100, 50, 0.9)):
@@ -43,7 +45,8 @@ def test_table_rule_covers_the_end_with_one_more_full_window():
             covered = np.zeros(n, bool)
             for s in starts:
                 covered[s : s + w] = True
-            assert covered.all(), (n, w, h, m, starts)  # every frame is in a window
+            tolerance = max(1, int(0.05 * w))  # every frame is in a window, but a last few
+            assert covered[: n - tolerance].all(), (n, w, h, m, starts)
             assert starts == sorted(set(starts))
 
 

@@ -32,7 +32,6 @@ from typing import Any
 
 from birdstack.config import ConfigError
 
-AUDIO_EXTENSIONS = (".ogg", ".oga", ".mp3", ".wav", ".flac", ".opus", ".aif", ".aiff")
 _END = object()
 
 
@@ -159,6 +158,8 @@ def _safe_key(rel: str) -> str:
 
 def collect_inputs(paths: list[str]) -> tuple[list[InputFile], list[tuple[str, str]]]:
     """Audio files under ``paths`` (folders recursively, by extension) and missing paths."""
+    from birdstack.features.audio import AUDIO_EXTENSIONS, find_audio_files
+
     found: list[InputFile] = []
     missing: list[tuple[str, str]] = []
     keys: set[str] = set()
@@ -175,17 +176,10 @@ def collect_inputs(paths: list[str]) -> tuple[list[InputFile], list[tuple[str, s
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.suffix.lower() in AUDIO_EXTENSIONS
-                and not f.name.startswith(".")
-                and f.is_file()
-            )
+            files = find_audio_files(p)
             if not files:
-                missing.append(
-                    (raw, "folder holds no audio files (" + ", ".join(AUDIO_EXTENSIONS) + ")")
-                )
+                exts = ", ".join(sorted(AUDIO_EXTENSIONS))
+                missing.append((raw, f"folder holds no audio files ({exts})"))
             for f in files:
                 add(f, str(f), str(f.relative_to(p)))
         elif p.exists():

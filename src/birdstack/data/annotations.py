@@ -121,7 +121,7 @@ def _raven_audio(table: Path, row: dict[str, str], audio_dir: Path | None) -> st
             return str(Path(os.path.normpath((audio_dir or table.parent) / p.name)))
     stem = table.name.split(".")[0]
     folder = audio_dir or table.parent
-    from birdstack.data.metadata import AUDIO_EXTENSIONS
+    from birdstack.features.audio import AUDIO_EXTENSIONS
 
     for ext in sorted(AUDIO_EXTENSIONS):
         if (folder / f"{stem}{ext}").is_file():
@@ -273,18 +273,15 @@ def load_soundscapes(root: str | os.PathLike[str]) -> pd.DataFrame:
     events, target taxa or not. A file named by the annotations but missing gets
     ``exists=False``.
     """
-    from birdstack.data.metadata import AUDIO_EXTENSIONS, BASE_COLUMNS
+    from birdstack.data.metadata import BASE_COLUMNS
+    from birdstack.features.audio import find_audio_files
 
     root = Path(root).resolve()
     if (root / ANNOTATIONS_CSV).is_file():
         events = read_events_csv(root / ANNOTATIONS_CSV)
     else:
         events = read_annotations(root)
-    audio = sorted(
-        p.resolve()
-        for p in root.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    )
+    audio = sorted(p.resolve() for p in find_audio_files(root))
     by_file = {f: g for f, g in events.groupby("file", sort=False)}
     files = list(dict.fromkeys([str(p) for p in audio] + list(by_file)))
     empty = pd.DataFrame(columns=EVENT_COLUMNS)
@@ -314,16 +311,15 @@ def load_soundscapes(root: str | os.PathLike[str]) -> pd.DataFrame:
 
 def load_negatives(folders: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
     """Metadata rows for folders of audio with no target species (``data.negatives``)."""
-    from birdstack.data.metadata import AUDIO_EXTENSIONS, BASE_COLUMNS
+    from birdstack.data.metadata import BASE_COLUMNS
+    from birdstack.features.audio import find_audio_files
 
     rows = []
     for folder in folders:
         d = Path(folder).expanduser().resolve()
         if not d.is_dir():
             raise BadInputError(d, "data.negatives: no such folder")
-        found = sorted(
-            p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-        )
+        found = find_audio_files(d)
         if not found:
             raise BadInputError(d, "data.negatives: no audio files in this folder")
         for p in found:

@@ -62,13 +62,13 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from birdstack.features.audio import AUDIO_EXTENSIONS
 from birdstack.utils import BadInputError, get_logger
 
 log = get_logger("data")
 
 METADATA_CSV = "train_metadata.csv"
 AUDIO_DIRS = ("train_audio", "train_short_audio")
-AUDIO_EXTENSIONS = frozenset({".ogg", ".oga", ".opus", ".mp3", ".wav", ".flac", ".aif", ".aiff"})
 REQUIRED_COLUMNS = ("primary_label", "filename")
 OPTIONAL_STRING_COLUMNS = ("secondary_labels", "author", "date")
 BASE_COLUMNS = [

@@ -31,6 +31,26 @@ import soxr
 from birdstack.utils import BadInputError
 
 RESAMPLE_QUALITY = "HQ"
+# file name endings read as audio when a folder is searched (libsndfile's containers)
+AUDIO_EXTENSIONS = frozenset({".ogg", ".oga", ".opus", ".mp3", ".wav", ".flac", ".aif", ".aiff"})
+
+
+def find_audio_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Audio files below ``folder`` (recursive, sorted), hidden files (``.name``) left out.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for n in ("b.WAV", "a/c.ogg", "._c.ogg", "notes.txt"):
+    ...     (d / n).parent.mkdir(exist_ok=True); (d / n).touch()
+    >>> [p.relative_to(d).as_posix() for p in find_audio_files(d)]
+    ['a/c.ogg', 'b.WAV']
+    """
+    return sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+
 
 # libsndfile error codes (sndfile.h)
 _SF_ERR_UNRECOGNISED_FORMAT = 1

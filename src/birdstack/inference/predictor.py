@@ -560,9 +560,7 @@ class Predictor:
             from birdstack.features.mel import LogMel, torch_fft_dtype_for
 
             self._mel = (
-                LogMel(self.spec, self.sample_rate, torch_fft_dtype_for(self.spec))
-                .eval()
-                .compute
+                LogMel(self.spec, self.sample_rate, torch_fft_dtype_for(self.spec)).eval().compute
             )
         else:
             self._mel = NumpyLogMel(self.spec, self.sample_rate, fft_dtype_for(self.spec))
@@ -793,7 +791,9 @@ class Predictor:
             else self.preprocessing.input_frames()
         )
         step = seconds_to_frames(hop_s, sr, hop) if hop_s is not None else max(1, length)
-        rule = SegmentRule(length, step, self.preprocessing.encoding.min_last_window, cover_end=True)
+        rule = SegmentRule(
+            length, step, self.preprocessing.encoding.min_last_window, cover_end=True
+        )
         return rule, length
 
     def _scorer(

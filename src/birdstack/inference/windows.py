@@ -36,13 +36,19 @@ from dataclasses import dataclass
 from birdstack.features.encoding import segment_starts
 
 
+# share of a window that an uncovered tail must exceed to get a window of its own
+END_TOLERANCE = 0.05
+
+
 @dataclass(frozen=True)
 class SegmentRule:
     """``segments`` windows: full windows every ``hop``, optional partial last window.
 
     ``cover_end`` (detection tables): when the end is left uncovered because the last
     partial window would be shorter than ``min_last`` of a window, one more full window
-    ends at the last frame, so every frame of the recording is in some window.
+    ends at the last frame, so every part of the recording is in some window; an
+    uncovered tail under :data:`END_TOLERANCE` of a window (0.25 s of 5 s: at most the
+    centred STFT's extra frame and rounding) is left out.
     """
 
     window: int
@@ -63,7 +69,8 @@ class SegmentRule:
     def starts(self, n_frames: int) -> list[int]:
         """All start frames for a spectrogram of ``n_frames``."""
         starts = segment_starts(n_frames, self.window, self.hop, self.min_last)
-        if self.cover_end and starts[-1] + self.window < n_frames:
+        tail = n_frames - (starts[-1] + self.window)
+        if self.cover_end and tail > max(1, int(END_TOLERANCE * self.window)):
             starts.append(n_frames - self.window)
         return starts
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from birdstack.features.audio import AUDIO_EXTENSIONS, find_audio_files
 from birdstack.utils import (
     BadInputError,
     BirdstackError,
@@ -42,8 +43,6 @@ from birdstack.utils import (
 )
 
 log = get_logger("distill")
-
-AUDIO_EXT = {".ogg", ".mp3", ".wav", ".flac"}
 
 
 @dataclass(frozen=True)
@@ -166,9 +165,10 @@ def unlabelled_files(dirs: tuple[str, ...] | list[str]) -> list[Path]:
         p = Path(d).expanduser()
         if not p.is_dir():
             raise BadInputError(p, "unlabelled audio folder not found")
-        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_EXT and f.is_file())
+        files = find_audio_files(p)
         if not files:
-            raise BadInputError(p, "no audio files (.ogg, .mp3, .wav, .flac) in this folder")
+            exts = ", ".join(sorted(AUDIO_EXTENSIONS))
+            raise BadInputError(p, f"no audio files ({exts}) in this folder")
         out += files
     return out
 
