@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 from birdstack.features.encoding import segment_starts
 
-
 # share of a window that an uncovered tail must exceed to get a window of its own
 END_TOLERANCE = 0.05
 
