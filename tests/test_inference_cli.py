@@ -139,11 +139,14 @@ def test_species_list_and_merge(stacked_run, folder, tmp_path):
     assert _run(argv) == EXIT_CONFIG
 
 
-def test_export_then_predict_with_the_onnx_file(stacked_run, onnx_model, folder, tmp_path):
+def test_export_then_predict_with_the_onnx_file(stacked_run, onnx_model, folder, tmp_path, caplog):
     onnx_path = onnx_model  # written by `birdstack export`
     common = [str(folder / "site_a"), "--no-progress", "--min-confidence", "0", "--top-k", "3"]
     ckpt = str(stacked_run.checkpoint)
-    assert _run(["predict", ckpt, *common, "--out", str(tmp_path / "t")]) == EXIT_OK
+    with caplog.at_level(logging.INFO, logger="birdstack"):
+        assert _run(["predict", ckpt, *common, "--out", str(tmp_path / "t")]) == EXIT_OK
+    # a single-label model says that it cannot report "none of my species"
+    assert any("single-label model" in r.getMessage() for r in caplog.records)
     argv = ["predict", str(onnx_path), *common, "--out", str(tmp_path / "o"), "--threads", "1"]
     assert _run(argv) == EXIT_OK
     a, b = _rows(tmp_path / "t/recordings.csv"), _rows(tmp_path / "o/recordings.csv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -323,9 +324,9 @@ def test_evaluate_scores_windows_clips_and_the_open_set(ml_run, soundscape_root,
 
 
 def test_predict_reports_every_species_above_its_stored_threshold(
-    ml_run, soundscape_root, tmp_path
+    ml_run, soundscape_root, tmp_path, caplog
 ):
-    from birdstack.cli.main import main
+    from birdstack.cli.main import build_parser
 
     ck = torch.load(ml_run.best_checkpoint, map_location="cpu", weights_only=True)
     classes = ck["birdstack"]["classes"]
@@ -335,21 +336,16 @@ def test_predict_reports_every_species_above_its_stored_threshold(
     torch.save(ck, edited)
     clip = soundscape_root / "scapes" / "audio" / "scape002.wav"
     out = tmp_path / "pred"
-    rc = main(
-        [
-            "predict",
-            str(edited),
-            str(clip),
-            "--out",
-            str(out),
-            "--hop-s",
-            "2.5",
-            "--min-confidence",
-            "0",
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
+    argv = ["predict", str(edited), str(clip), "--out", str(out), "--hop-s", "2.5"]
+    argv += ["--min-confidence", "0", "--no-progress"]
+    with caplog.at_level(logging.INFO, logger="birdstack"):
+        for _ in range(2):  # the second run resumes (and says so: the log is captured)
+            args = build_parser().parse_args(argv)
+            assert args.func(args) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("already predicted" in m for m in messages)
+    # a multi-label model can report nothing, so predict does not warn that it cannot
+    assert not any("single-label model" in m for m in messages)
     det = pd.read_csv(out / "detections.csv")
     per_window = det.groupby("start_s")["species"].apply(set)
     assert len(per_window) == 4  # 10 s in 2.5 s windows

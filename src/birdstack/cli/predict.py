@@ -325,6 +325,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             threads=args.threads,
             batch_size=args.batch_size,
         )
+    if predictor.thresholds is None:  # softmax: some species wins every window
+        log.info(
+            "single-label model: every window is given one of its %d species, even where "
+            "none of them sings (no confidence threshold separates that for the CNNs: "
+            "docs/results/open_set_single_label); for field audio train --task multilabel "
+            "--negatives DIR",
+            len(predictor.classes),
+        )
     location = _location(args)
     if location is not None:
         predictor.set_location(**location)
