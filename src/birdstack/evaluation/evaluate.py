@@ -381,12 +381,12 @@ def evaluate_checkpoint(
                 location_threshold,
             )
         if pre.is_birdnet:  # one pass: the pooled windows are BirdNET's windows
-            res = pred.score_frames([db])
+            res = pred.score_frames([db], cover_end=False)
             rec_probs.append(res.probs)
             win_probs.append(res.window_probs)
             win_labels += [label_idx[rows.loc[i, "primary_label"]]] * len(res.window_probs)
         elif enc.kind == "segments":  # one pass: the pooled windows are the table's windows
-            res = pred.score_frames([db], window_s=enc.window_s, hop_s=enc.hop_s)
+            res = pred.score_frames([db], window_s=enc.window_s, hop_s=enc.hop_s, cover_end=False)
             rec_probs.append(res.probs)
             win_probs.append(res.window_probs)
             win_labels += [label_idx[rows.loc[i, "primary_label"]]] * len(res.window_probs)
@@ -529,7 +529,7 @@ def evaluate_multilabel(
             t[index[lab]] = 1.0
         if pre.is_birdnet or enc.kind == "segments":
             kw = {} if pre.is_birdnet else {"window_s": enc.window_s, "hop_s": enc.hop_s}
-            res = pred.score_frames([db], **kw)
+            res = pred.score_frames([db], **kw, cover_end=False)
             ev = rows.loc[i, "events"]
             if has_events(ev):
                 wt = window_targets(parse_events(ev), res.starts_s, pre.input_seconds(), classes)

@@ -769,7 +769,7 @@ class Predictor:
         return SegmentRule(w, pre.hop_frames(), enc.min_last_window), w
 
     def table_rule(
-        self, window_s: float | None = None, hop_s: float | None = None
+        self, window_s: float | None = None, hop_s: float | None = None, cover_end: bool = True
     ) -> tuple[WindowRule, int]:
         """The per-window table rule: ``window_s`` (model span) every ``hop_s`` (one window).
 
@@ -792,7 +792,7 @@ class Predictor:
         )
         step = seconds_to_frames(hop_s, sr, hop) if hop_s is not None else max(1, length)
         rule = SegmentRule(
-            length, step, self.preprocessing.encoding.min_last_window, cover_end=True
+            length, step, self.preprocessing.encoding.min_last_window, cover_end=cover_end
         )
         return rule, length
 
@@ -913,8 +913,12 @@ class Predictor:
         window_s: float | None = None,
         hop_s: float | None = None,
         expected_frames: int | None = None,
+        cover_end: bool = True,
     ) -> Prediction:
         """A :class:`Prediction` from spectrogram chunks (consecutive frames of one recording).
+
+        ``cover_end=False``: the table's windows are the training rule's alone (no extra
+        window ending at the end; ``evaluate`` compares them with validation's windows).
 
         ``n_samples``: the recording's length in samples (for its duration), or a
         one-element list that holds it once ``chunks`` is spent. ``expected_frames``:
@@ -924,7 +928,7 @@ class Predictor:
         set_torch_threads(self.threads)  # this thread runs the model (decoders use 1 thread)
         if self.preprocessing.is_birdnet:
             return self._score_birdnet(chunks, file, n_samples, window_s, hop_s)
-        table, length = self.table_rule(window_s, hop_s)
+        table, length = self.table_rule(window_s, hop_s, cover_end)
         scorer = self._scorer(
             {"rec": self.recording_rule(), "win": (table, length)}, expected_frames
         )
