@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import io
 import json
 import multiprocessing
@@ -51,7 +50,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -65,9 +64,6 @@ from birdstack.utils import (
     remove_stale_temp_files,
     stable_hash,
 )
-
-if TYPE_CHECKING:  # torch is imported where features are computed, not on import
-    import torch
 
 # Bump when the way features are computed changes: old entries are then ignored.
 FEATURE_VERSION = 1
@@ -211,15 +207,6 @@ def _compute_birdnet(
     return np.concatenate(chunks, axis=1), counter[0]
 
 
-@functools.lru_cache(maxsize=4)
-def _log_mel(spec: SpectrogramConfig, sample_rate: int) -> torch.nn.Module:
-    """The log-mel module of these settings, built once per process (its filters and
-    window took about 2 % of a worker's time when built per file)."""
-    from birdstack.features.mel import LogMel, torch_fft_dtype_for
-
-    return LogMel(spec, sample_rate, dtype=torch_fft_dtype_for(spec))
-
-
 def _compute_features(
     path: Path,
     audio: AudioConfig,
@@ -234,9 +221,10 @@ def _compute_features(
     import torch
 
     from birdstack.features.audio import audio_info, load_audio, stream_audio
+    from birdstack.features.mel import feature_logmel
 
     sr = audio.sample_rate
-    mel = _log_mel(spec, sr)
+    mel = feature_logmel(spec, sr)
     with torch.no_grad():
         if audio_info(path).duration_s > STREAM_ABOVE_S:
             n = [0]

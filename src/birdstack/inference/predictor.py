@@ -557,11 +557,9 @@ class Predictor:
         # the float64 ones), else float64
         self._mel: Callable[[np.ndarray], np.ndarray]
         if runtime == "torch":
-            from birdstack.features.mel import LogMel, torch_fft_dtype_for
+            from birdstack.features.mel import feature_logmel
 
-            self._mel = (
-                LogMel(self.spec, self.sample_rate, torch_fft_dtype_for(self.spec)).eval().compute
-            )
+            self._mel = feature_logmel(self.spec, self.sample_rate).compute
         else:
             self._mel = NumpyLogMel(self.spec, self.sample_rate, fft_dtype_for(self.spec))
         # per-class factors of the location filter (None: off), see set_location
