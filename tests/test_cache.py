@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,10 +160,41 @@ def test_killed_between_files_resumes(tmp_path: Path, wavs: list[Path]) -> None:
         np.testing.assert_array_equal(np.load(a.cache_file), np.load(b.cache_file))
 
 
+def test_data_written_but_not_committed_is_invisible_and_cleaned(
+    tmp_path: Path, wavs: list[Path]
+) -> None:
+    """A run killed after a worker wrote an entry's data, before the parent committed it."""
+    cache = cache_at(tmp_path / "cache")
+    sha = file_sha1(wavs[0])
+    npy = cache._files(sha)[0]
+    code = (
+        "import sys, pickle\nfrom birdstack.features.cache import _work\n"
+        "a = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
+        "meta, tmp = _work(*a)\nprint(tmp)"  # exits without committing
+    )
+    args = (str(wavs[0]), sha, str(npy), cache.audio, cache.spec)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, pickle.dumps(args).hex()],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = Path(out.stdout.strip())
+    assert orphan.parent == npy.parent and orphan.stat().st_size > 0 and not npy.exists()
+    assert cache.get(wavs[0]) is None  # the data alone are no entry
+    res = cache.compute_many(wavs[:2], workers=1, progress=False)
+    assert res.n_computed == 2 and not orphan.exists()  # the dead writer's file is removed
+    np.testing.assert_array_equal(np.load(npy), cache_at(tmp_path / "fresh").load(wavs[0]))
+
+
 def test_worker_processes_match_in_process(tmp_path: Path, wavs: list[Path]) -> None:
     par = cache_at(tmp_path / "par").compute_many(wavs, workers=2, progress=False)
     ser = cache_at(tmp_path / "ser").compute_many(wavs, workers=1, progress=False)
     assert par.n_computed == 4
+    # the workers' data files were all committed by the parent: none left as temp files
+    assert not [p.name for p in (tmp_path / "par").rglob("*") if ".tmp" in p.name]
     for a, b in zip(par, ser):
         np.testing.assert_array_equal(np.load(a.cache_file), np.load(b.cache_file))
     assert cache_at(tmp_path / "par").compute_many(wavs, workers=2).n_computed == 0

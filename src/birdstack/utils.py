@@ -72,6 +72,35 @@ class SkipLog:
         return f"{len(self.skipped)} file(s) skipped (see the log lines above)"
 
 
+def new_temp_path(path: str | os.PathLike[str], suffix: str = "") -> Path:
+    """Create an empty temporary file beside ``path`` and return its path.
+
+    Its name (``.<name>.<host>-<pid>.<random>.tmp[suffix]``) says which process wrote
+    it, so :func:`remove_stale_temp_files` can clean up after a killed writer.
+    :func:`commit_temp` makes it ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{_writer_tag()}.", suffix=f".tmp{suffix}", dir=path.parent
+    )
+    os.close(fd)
+    return Path(tmp)
+
+
+def commit_temp(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Make a finished temporary file ``path``: flushed to disk first, then renamed.
+
+    The data reach the disk before the name does, so a power cut cannot leave a
+    complete-looking ``path`` with missing data. Any process may commit a file that
+    another one wrote (the feature cache's workers write, its parent commits).
+    """
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
@@ -80,19 +109,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     ``os.replace`` is atomic. On error the temporary file is removed and ``path``
     is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.{_writer_tag()}.", suffix=f".tmp{suffix}", dir=path.parent
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = new_temp_path(path, suffix)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp_path, path)
+        commit_temp(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -183,9 +183,15 @@ def _to_mono(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+_FINITE_CHUNK = 1 << 18  # samples checked at a time: a small temporary, reused in cache
+
+
 def _check_finite(path: Path, x: np.ndarray) -> None:
-    if not np.isfinite(x).all():
-        raise BadInputError(path, "contains non-finite samples (NaN or infinity)")
+    # in chunks: one whole-file boolean temporary cost 2 % of a feature worker's time
+    # (fresh pages for every file)
+    for i in range(0, x.size, _FINITE_CHUNK):
+        if not np.isfinite(x[i : i + _FINITE_CHUNK]).all():
+            raise BadInputError(path, "contains non-finite samples (NaN or infinity)")
 
 
 def audio_info(path: str | os.PathLike[str]) -> AudioInfo:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
@@ -57,10 +56,11 @@ import numpy as np
 from birdstack.config import AudioConfig, BirdnetConfig, SpectrogramConfig
 from birdstack.utils import (
     BadInputError,
-    atomic_path,
     atomic_write_json,
+    commit_temp,
     file_sha1,
     get_logger,
+    new_temp_path,
     remove_stale_temp_files,
     stable_hash,
 )
@@ -186,12 +186,6 @@ def _key_settings(
     }
 
 
-def _npy_bytes(db: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(db, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
 def _compute_birdnet(
     path: Path, audio: AudioConfig, birdnet: BirdnetConfig, min_last: float, threads: int | None
 ) -> tuple[np.ndarray, int]:
@@ -243,14 +237,15 @@ def _compute_features(
     return np.ascontiguousarray(db, dtype=np.float32), samples
 
 
-def _write_entry(
-    npy: Path, meta_path: Path, db: np.ndarray | None, meta: dict[str, Any]
+def _commit_entry(
+    npy: Path, meta_path: Path, meta: dict[str, Any], tmp: str | None
 ) -> dict[str, Any]:
-    if db is not None:
-        data = _npy_bytes(db)
-        meta = {**meta, "npy_bytes": len(data)}
-        with atomic_path(npy) as tmp:
-            tmp.write_bytes(data)
+    """Make a computed entry visible: its data file (``tmp``, if any), then its metadata.
+
+    The metadata are written last, so an entry whose ``.json`` exists is complete.
+    """
+    if tmp is not None:
+        commit_temp(tmp, npy)
     atomic_write_json(meta_path, meta)
     return meta
 
@@ -259,27 +254,41 @@ def _work(
     path: str,
     sha: str,
     npy: str,
-    meta_path: str,
     audio: AudioConfig,
     spec: SpectrogramConfig,
     birdnet: BirdnetConfig | None = None,
     min_last: float = 0.5,
     threads: int | None = None,
-) -> dict[str, Any]:
-    """Compute one entry and write it; returns its metadata (runs in a worker process)."""
+) -> tuple[dict[str, Any], str | None]:
+    """Compute one entry (runs in a worker process): its metadata and its data's temporary file.
+
+    The data are written to a temporary file beside ``npy`` and left for the caller to
+    :func:`_commit_entry`: the flush to disk then waits in the parent process, which is
+    otherwise idle, instead of in a worker (0.4 s of 7 s for birds-dev on 2 workers).
+    ``None`` instead of a file for an unreadable input (its metadata say why).
+    """
     meta: dict[str, Any] = {"sha1": sha, "source": Path(path).name}
     try:
         db, samples = _compute_features(Path(path), audio, spec, birdnet, min_last, threads)
     except BadInputError as e:
-        return _write_entry(Path(npy), Path(meta_path), None, {**meta, "error": e.reason})
+        return {**meta, "error": e.reason}, None
+    tmp = new_temp_path(npy)
+    try:
+        with open(tmp, "wb") as fh:  # straight from the array, no in-memory copy of the file
+            np.lib.format.write_array(fh, np.ascontiguousarray(db, dtype=np.float32))
+            size = fh.tell()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     meta.update(
         samples=int(samples),
         sample_rate=audio.sample_rate,
         duration_s=samples / audio.sample_rate,
         n_mels=int(db.shape[0]),
         frames=int(db.shape[1]),
+        npy_bytes=size,
     )
-    return _write_entry(Path(npy), Path(meta_path), db, meta)
+    return meta, str(tmp)
 
 
 def _init_worker() -> None:
@@ -468,15 +477,12 @@ class FeatureCache:
             log.warning("damaged cache entry for %s; recomputing", path)
         if meta is None or "error" not in meta:
             self._write_settings()
+            npy, meta_path = self._files(sha)
             with _one_torch_thread():
-                meta = _work(
-                    str(path),
-                    sha,
-                    *map(str, self._files(sha)),
-                    self.audio,
-                    self.spec,
-                    *self._extra(None),
+                meta, tmp = _work(
+                    str(path), sha, str(npy), self.audio, self.spec, *self._extra(None)
                 )
+            meta = _commit_entry(npy, meta_path, meta, tmp)
         if "error" in meta:
             raise BadInputError(path, meta["error"])
         db = self._load_npy(sha, meta)
@@ -541,7 +547,7 @@ class FeatureCache:
             sha: (
                 str(paths[todo[sha][0]]),
                 sha,
-                *map(str, self._files(sha)),
+                str(self._files(sha)[0]),
                 self.audio,
                 self.spec,
                 *self._extra(threads),
@@ -554,7 +560,7 @@ class FeatureCache:
             if n_proc <= 1:
                 with _one_torch_thread():
                     for sha, args in jobs.items():
-                        out[sha] = _work(*args)
+                        out[sha] = _commit_entry(*self._files(sha), *_work(*args))
                         bar.update()
             else:
                 with ProcessPoolExecutor(
@@ -563,7 +569,8 @@ class FeatureCache:
                     futures = {pool.submit(_work, *args): sha for sha, args in jobs.items()}
                     try:
                         for fut in as_completed(futures):
-                            out[futures[fut]] = fut.result()
+                            sha = futures[fut]
+                            out[sha] = _commit_entry(*self._files(sha), *fut.result())
                             bar.update()
                     except BaseException:
                         for f in futures:

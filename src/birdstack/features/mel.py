@@ -177,10 +177,10 @@ class LogMel(torch.nn.Module):
         fb = self._filterbank()
         if chunk is None or total <= chunk:
             return self._frames_to_db(frames, fb).contiguous()
-        return torch.cat(
-            [self._frames_to_db(frames[..., i : i + chunk, :], fb) for i in range(0, total, chunk)],
-            dim=-1,
-        )
+        out = frames.new_empty((*frames.shape[:-2], self.spec.n_mels, total), dtype=fb.dtype)
+        for i in range(0, total, chunk):  # written in place: no second copy to concatenate
+            out[..., i : i + chunk] = self._frames_to_db(frames[..., i : i + chunk, :], fb)
+        return out
 
     def _chunk(self, device: torch.device) -> int | None:
         if device.type != "cpu":
