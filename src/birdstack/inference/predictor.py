@@ -126,6 +126,10 @@ class OnnxRunner:
         # stacked windows in batches of 32, 1 h Ogg); the scores are the same.
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
+        # ONNX Runtime's threads spin-wait for work between calls by default, on cores
+        # the decoding and log-mel threads need: without it the same predict runs on
+        # 4-11 % less CPU time and 5-8 % faster (30 min Ogg, 2 threads, both encodings)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
