@@ -543,7 +543,9 @@ def main() -> None:
             if base and r:
                 print(
                     f"{c} {m}: predict takes {r['cpu'] / base['cpu']:.2f}x the CPU time "
-                    "of decoding alone"
+                    f"of decoding alone and runs at {base['wall'] / r['wall']:.0%} of its "
+                    "real-time factor (the decoder's ceiling, measured in the same run: "
+                    "comparable across days when the machine's speed is not)"
                 )
     print(
         "\nmemory (MiB): RSS after the imports (onnxruntime, birdstack; torch with the torch "
