@@ -204,6 +204,22 @@ def test_onnx_export_is_self_describing_and_matches_torch(stacked, onnx_model, d
     )
 
 
+def test_onnx_default_batch_and_batching_does_not_change_scores(stacked, onnx_model, demo_dir):
+    """ONNX Runtime scores windows in small batches by default (its arena then reuses small
+    buffers); the scores do not depend on how the windows are batched."""
+    from birdstack.inference.predictor import DEFAULT_BATCH, DEFAULT_ONNX_BATCH
+
+    small = Predictor.from_onnx(onnx_model, threads=1)
+    assert small.batch_size == DEFAULT_ONNX_BATCH < DEFAULT_BATCH == stacked.batch_size
+    one = Predictor.from_onnx(onnx_model, threads=1, batch_size=1)
+    large = Predictor.from_onnx(onnx_model, threads=1, batch_size=DEFAULT_BATCH)
+    f = sorted(demo_dir.glob("train_audio/*/*.ogg"))[3]
+    a, b = one.predict(f), large.predict(f)
+    assert len(a.starts_s) > 1  # one call per window against one call for all
+    np.testing.assert_allclose(a.window_probs, b.window_probs, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+
+
 def test_onnx_predict_runs_without_torch(onnx_model, demo_dir, tmp_path):
     """``birdstack predict model.onnx`` needs ONNX Runtime and NumPy only (issue #14's memory).
 

@@ -81,8 +81,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=16,
-        help="windows per model call (16; more on a GPU)",
+        default=None,
+        help="windows per model call (default: 4 with ONNX Runtime, 16 with torch; more on a GPU)",
     )
     p.add_argument(
         "--decode-workers", type=int, default=2, help="files decoded ahead in threads (2)"

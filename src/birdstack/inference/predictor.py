@@ -68,9 +68,13 @@ from birdstack.utils import BadInputError, BirdstackError, get_logger
 log = get_logger("inference")
 
 RUNTIMES = ("torch", "onnx")
-# Windows per model call. 16 runs as fast as 32 on CPU and peaks about 60-110 MB lower
-# (1 h Ogg, 43 s stacked windows, ONNX Runtime); raise it (--batch-size) on a GPU.
+# Windows per model call. torch: 16 runs as fast as 32 on CPU; raise it (--batch-size) on a
+# GPU. ONNX Runtime (CPU): 4. With its memory arena every call reuses the same buffers, and
+# small batches keep them small and in cache: on 30 min of Ogg, 2 threads, mobilenet_compact
+# runs at the same speed with 1-4 windows per call and 2-4 % slower at 8; at 16 without the
+# arena (the old setting) it paid 393k page faults for 5 s segments (799x against 1098x).
 DEFAULT_BATCH = 16
+DEFAULT_ONNX_BATCH = 4
 DEFAULT_BLOCK_S = 60.0
 
 __all__ = ["RUNTIMES", "FrameBuffer", "Prediction", "Predictor", "softmax"]
@@ -121,11 +125,10 @@ class OnnxRunner:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        # No memory arena or pre-planned memory pattern: the arena keeps the largest
-        # batch's activations for the whole run (about 180 MB more at peak for 43 s
-        # stacked windows in batches of 32, 1 h Ogg); the scores are the same.
-        opts.enable_cpu_mem_arena = False
-        opts.enable_mem_pattern = False
+        # The memory arena (on by default) keeps the largest batch's activations for the
+        # whole run: with DEFAULT_ONNX_BATCH windows per call that is little, and without
+        # it every call maps fresh pages (with 16 windows of 5 s segments, 393k page
+        # faults per 30 min and 40 % more wall time).
         # ONNX Runtime's threads spin-wait for work between calls by default, on cores
         # the decoding and log-mel threads need: without it the same predict runs on
         # 4-11 % less CPU time and 5-8 % faster (30 min Ogg, 2 threads, both encodings)
@@ -579,13 +582,15 @@ class Predictor:
         runtime: str = "torch",
         onnx_path: str | os.PathLike[str] | None = None,
         threads: int | None = None,
-        batch_size: int = DEFAULT_BATCH,
+        batch_size: int | None = None,
     ) -> Predictor:
         """Load a checkpoint (safely) and rebuild network and preprocessing from it.
 
         ``runtime="onnx"`` runs ``onnx_path`` with ONNX Runtime (exported on the fly into
         a temporary folder when not given). ``threads`` sets torch's intra-op threads
-        (process-wide) and ONNX Runtime's.
+        (process-wide) and ONNX Runtime's. ``batch_size``: windows per model call
+        (default :data:`DEFAULT_BATCH` with torch, :data:`DEFAULT_ONNX_BATCH` with ONNX
+        Runtime).
         """
         from birdstack.inference.export import export_onnx, scientific_names_from_checkpoint
         from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
@@ -603,11 +608,13 @@ class Predictor:
         tmp = None
         if runtime == "torch":
             runner: Callable[[np.ndarray], np.ndarray] = TorchRunner(net, device)
+            batch_size = batch_size or DEFAULT_BATCH
         else:
             if onnx_path is None:  # exported now, removed with the predictor
                 tmp = tempfile.TemporaryDirectory(prefix="birdstack-onnx-")
                 onnx_path = export_onnx(path, Path(tmp.name) / "model.onnx")
             runner = OnnxRunner(onnx_path, threads)
+            batch_size = batch_size or DEFAULT_ONNX_BATCH
         pred = cls(
             runner,
             info.classes,
@@ -679,11 +686,12 @@ class Predictor:
         cls,
         path: str | os.PathLike[str],
         threads: int | None = None,
-        batch_size: int = DEFAULT_BATCH,
+        batch_size: int | None = None,
     ) -> Predictor:
         """A predictor from a birdstack ONNX export alone (its metadata describes it).
 
         Needs ONNX Runtime and NumPy only: torch is not imported (unless the caller did).
+        ``batch_size``: windows per model call (default :data:`DEFAULT_ONNX_BATCH`).
         """
         from birdstack.inference.export import parse_onnx_metadata
 
@@ -709,7 +717,7 @@ class Predictor:
             None,
             meta["scientific_names"],
             "onnx",
-            batch_size,
+            batch_size or DEFAULT_ONNX_BATCH,
             model_name=str(meta["model"].get("name", "unknown")),
             threads=threads,
             thresholds=meta.get("thresholds"),
