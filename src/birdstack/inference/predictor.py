@@ -530,7 +530,7 @@ class Predictor:
         info: Any = None,
         scientific_names: dict[str, str] | None = None,
         runtime: str = "torch",
-        batch_size: int = DEFAULT_BATCH,
+        batch_size: int | None = None,
         model_name: str | None = None,
         threads: int | None = None,
         thresholds: Sequence[float] | None = None,
@@ -548,6 +548,8 @@ class Predictor:
         self.model_name = model_name or (info.model_name if info is not None else "unknown")
         self.threads = int(threads or default_threads())  # intra-op threads of the model
         self.feature_workers = self.threads  # log-mel threads per file (1 torch thread each)
+        if batch_size is None:  # the runtime's own default
+            batch_size = DEFAULT_ONNX_BATCH if runtime == "onnx" else DEFAULT_BATCH
         self.batch_size = max(1, int(batch_size))
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         enc = preprocessing.encoding
@@ -608,13 +610,11 @@ class Predictor:
         tmp = None
         if runtime == "torch":
             runner: Callable[[np.ndarray], np.ndarray] = TorchRunner(net, device)
-            batch_size = batch_size or DEFAULT_BATCH
         else:
             if onnx_path is None:  # exported now, removed with the predictor
                 tmp = tempfile.TemporaryDirectory(prefix="birdstack-onnx-")
                 onnx_path = export_onnx(path, Path(tmp.name) / "model.onnx")
             runner = OnnxRunner(onnx_path, threads)
-            batch_size = batch_size or DEFAULT_ONNX_BATCH
         pred = cls(
             runner,
             info.classes,
@@ -717,7 +717,7 @@ class Predictor:
             None,
             meta["scientific_names"],
             "onnx",
-            batch_size or DEFAULT_ONNX_BATCH,
+            batch_size,
             model_name=str(meta["model"].get("name", "unknown")),
             threads=threads,
             thresholds=meta.get("thresholds"),
