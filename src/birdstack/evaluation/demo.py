@@ -119,7 +119,14 @@ def run_demo(
             },
             "preprocessing": {"encoding": {"kind": "stacked"}},
             "model": {"name": "mobilenet_compact"},
-            "optim": {"name": "adamw", "lr": DEMO_LR, "scheduler": "cosine"},
+            # the demo's own short schedule on stacked inputs, without augmentation
+            "optim": {
+                "name": "adamw",
+                "lr": DEMO_LR,
+                "scheduler": "cosine",
+                "label_smoothing": 0.0,
+            },
+            "augment": {"specaugment": False, "mixup_alpha": 0.0},
             "trainer": {
                 "epochs": epochs or DEMO_EPOCHS,
                 "batch_size": DEMO_BATCH,
