@@ -192,7 +192,8 @@ def make_checkpoint(path: Path, model: str, pre: Any, n_classes: int) -> None:
         from birdstack.features.birdnet import identity
 
         meta["backbone"] = identity(pre.birdnet)
-    module = BirdClassifier(net, OptimConfig(), classes, meta=meta)
+    optim = OptimConfig(scheduler="none", label_smoothing=0.0)  # never trained
+    module = BirdClassifier(net, optim, classes, meta=meta)
     ckpt = {"state_dict": module.state_dict(), "epoch": 0}
     module.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)

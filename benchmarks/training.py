@@ -93,6 +93,9 @@ def main() -> None:
                 "data": {"path": args.data, "cache_dir": str(Path(tmp) / "cache")},
                 "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},
                 "trainer": {"batch_size": args.batch_size, "epochs": args.epochs},
+                # plain training: this times the data pipeline and the model, not the recipe
+                "optim": {"scheduler": "none", "label_smoothing": 0.0},
+                "augment": {"specaugment": False, "mixup_alpha": 0.0},
             }
         )
         prepared = prepare(cfg.data, cfg.preprocessing, Path(tmp) / "prep", progress=False)

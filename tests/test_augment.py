@@ -271,7 +271,7 @@ def test_soft_cross_entropy_matches_label_smoothing_and_skips_unlabelled():
 
 def test_warmup_cosine_rises_then_falls():
     with pytest.raises(ConfigError, match="warmup_cosine"):
-        OptimConfig(warmup_epochs=1)
+        OptimConfig(scheduler="none", warmup_epochs=1)
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(4, 20))
@@ -394,7 +394,7 @@ def test_cli_flags_and_sweep_overrides_set_the_recipe_keys(tmp_path):
     assert a.noise_snr_db == (0.0, 20.0) and a.gain_db == (-6.0, 6.0)
     assert cfg.optim.label_smoothing == 0.1 and cfg.data.sampling == "class_balanced"
     assert cfg.optim.warmup_epochs == 2 and cfg.optim.scheduler == "warmup_cosine"
-    assert Config().augment == AugmentConfig() and not Config().augment.active  # off by default
+    assert Config().augment == AugmentConfig()  # left open: the front end decides (below)
     exp = experiment_from_dict({"name": "x", "folds": [0]})
     sets = ["augment.mixup_alpha=0.2", "augment.specaugment=true", "augment.noise_snr_db=[1,2]"]
     run = plan_runs(exp, tmp_path, overrides=sets, progress=False)[0]
@@ -402,3 +402,55 @@ def test_cli_flags_and_sweep_overrides_set_the_recipe_keys(tmp_path):
     assert run.config.augment.noise_snr_db == (1.0, 2.0)
     with pytest.raises(ConfigError, match="augment.time_shift"):
         plan_runs(exp, tmp_path, overrides=["augment.time_shift=2"], progress=False)
+
+
+def test_training_defaults_follow_the_front_end_and_keep_what_a_config_sets(tmp_path):
+    from birdstack.cli.main import build_parser, config_from_args
+    from birdstack.training.module import BirdClassifier
+    from birdstack.training.train import resolve_config
+
+    # a log-mel CNN trains with the recipe minus noise (default_recipe_compact) ...
+    cnn = resolve_config(Config())
+    assert (cnn.optim.scheduler, cnn.optim.warmup_epochs, cnn.optim.label_smoothing) == (
+        "warmup_cosine",
+        1.0,
+        0.1,
+    )
+    assert cnn.augment.specaugment and cnn.augment.mixup_alpha == 0.4 and not cnn.augment.noise_dir
+    # ... a head on BirdNET features without it (default_recipe_birdnet), and the
+    # spectrogram masks would be refused there
+    head = resolve_config(Config().override({"model.name": "birdnet_fused"}))
+    assert (head.optim.scheduler, head.optim.warmup_epochs, head.optim.label_smoothing) == (
+        "none",
+        0.0,
+        0.0,
+    )
+    assert head.augment.specaugment is False and head.augment.mixup_alpha == 0.0
+    # multi-label BCE has no label smoothing
+    assert resolve_config(Config().override({"task.kind": "multilabel"})).optim.label_smoothing == 0
+    # what a config or a flag says is kept; a schedule of its own has no warm-up
+    argv = ["train", "--no-specaugment", "--mixup", "0", "--scheduler", "cosine"]
+    plain = resolve_config(config_from_args(build_parser().parse_args(argv)))
+    assert plain.augment.specaugment is False and plain.augment.mixup_alpha == 0.0
+    assert (plain.optim.scheduler, plain.optim.warmup_epochs) == ("cosine", 0.0)
+    argv = ["train", "--warmup-epochs", "3"]
+    warm = resolve_config(config_from_args(build_parser().parse_args(argv)))
+    assert (warm.optim.scheduler, warm.optim.warmup_epochs) == ("warmup_cosine", 3.0)
+    keep = Config().override({"optim.label_smoothing": 0.0, "model.name": "birdnet_linear"})
+    assert resolve_config(keep).optim.label_smoothing == 0.0
+    # resolving twice changes nothing (sweeps compare saved and planned configs this way)
+    assert resolve_config(cnn) == cnn and resolve_config(head) == head
+    # the console line says what the run trains with, defaults included
+    from birdstack.training.train import describe_training
+
+    assert "SpecAugment, mixup 0.4 (no noise" in describe_training(cnn)
+    assert describe_training(plain).endswith(
+        "cosine per epoch, label smoothing 0.1, 20 epochs of batch 16; "
+        "no augmentation (no noise: --noise-dir DIR adds it)"
+    )
+    noisy = resolve_config(Config().override({"augment.noise_dir": str(tmp_path)}))
+    assert f"noise from {tmp_path} at 3-30 dB SNR" in describe_training(noisy)
+    assert describe_training(head).endswith("constant rate, 20 epochs of batch 16; no augmentation")
+    # the module refuses a config whose defaults are still open
+    with pytest.raises(ConfigError, match="resolve_training"):
+        BirdClassifier(torch.nn.Linear(2, 2), OptimConfig(), ["a", "b"])

@@ -276,7 +276,7 @@ CONFIG_ERRORS = [
     (["prepare", "--set", "data.seed=abc"], "data.seed: expected an integer, got 'abc'"),
     (["train", "--model", "resnet9000"], "unknown model 'resnet9000'; choose one of"),
     (["train", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'; choose one of"),
-    (["train", "--scheduler", "step"], "optim.scheduler='step' is not one of 'none', 'cosine'"),
+    (["train", "--scheduler", "step"], "optim.scheduler='step' is not one of 'auto', 'none'"),
     (["train", "--epochs", "0"], "trainer.epochs=0 must be >= 1"),
     (["train", "--lr", "-1"], "optim.lr=-1.0 must be positive"),
     (["train", "--precision", "17"], "Allowed precision values"),

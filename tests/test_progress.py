@@ -146,6 +146,10 @@ def test_training_logs_one_line_per_epoch(trained_run, demo_dir, cache_dir, tmp_
     _no_bars(err)
     epochs = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
     assert [ln.split(":")[0] for ln in epochs] == ["epoch 1/2", "epoch 2/2"], err[-2000:]
+    # before the epochs, one line says what the run trains with, the defaults included
+    said = " ".join(err[: err.index("epoch 1/2")].split())  # the console may wrap it
+    assert "training: mobilenet_compact, adamw lr 0.001, warm-up 1 epoch(s) + cosine" in said
+    assert "training only: SpecAugment, mixup 0.4 (no noise: --noise-dir DIR adds it)" in said
     for ln, (_, row) in zip(epochs, history.iterrows()):
         assert re.search(r"  \(\d+ s\)$", ln)
         # the epoch's own figures, training ones included (logged after the callbacks' hook)

@@ -147,12 +147,23 @@ def test_same_seed_same_metrics(demo_dir, cache_dir, tmp_path):
 
 @pytest.mark.parametrize("precise_bn", [False, True])
 def test_resume_continues_to_the_same_result(demo_dir, cache_dir, tmp_path, precise_bn):
-    over = {"trainer.epochs": 3, "trainer.precise_bn": precise_bn}
+    # the resumed run is given more epochs than it started with, so a schedule computed from
+    # the epochs (the default warm-up + cosine) would differ by design: a constant rate here;
+    # a killed run resumed with its own epochs and schedule is test_kill_resume's
+    over = {"trainer.epochs": 3, "trainer.precise_bn": precise_bn, "optim.scheduler": "none"}
     full = train(_cfg(demo_dir, cache_dir, tmp_path / "full", **over))
     part = _cfg(demo_dir, cache_dir, tmp_path / "part", **{**over, "trainer.epochs": 1})
     train(part)
     with pytest.raises(ConfigError, match="--resume"):
         train(part.override({"trainer.epochs": 3}))
+    # resuming with other settings would train another model in the second half: refused,
+    # with the run's own config to resume it with (the epochs may grow)
+    other = part.override({"trainer.epochs": 3, "optim.lr": 0.01, "augment.mixup_alpha": 0.0})
+    with pytest.raises(ConfigError) as e:
+        train(other, resume=True)
+    msg = str(e.value)
+    assert "augment.mixup_alpha: 0.4 -> 0.0; optim.lr: 0.001 -> 0.01" in msg, msg
+    assert f"--config {tmp_path / 'part' / 'config.yaml'} --resume" in msg
     resumed = train(part.override({"trainer.epochs": 3}), resume=True)
     cols = ["train/loss", "val/loss", "val/acc"]
     pd.testing.assert_frame_equal(
@@ -167,7 +178,10 @@ def test_precise_bn_holds_the_statistics_of_the_training_inputs(
     # one epoch of one batch (batch 64 > the training recordings of fold 0), then compare
     # the checkpoint's first BatchNorm statistics with the stem convolution's outputs on the
     # real training inputs, computed here from the rebuilt network
+    # (without SpecAugment: precise BN sees the training inputs as training does, masks and
+    # all, like pycls' and detectron2's; this compares with the plain inputs)
     over = {"trainer.epochs": 1, "trainer.batch_size": 64, "trainer.precise_bn": precise}
+    over["augment.specaugment"] = False
     result = train(_cfg(demo_dir, cache_dir, tmp_path / "run", **over))
     net, info = build_model_from_checkpoint(load_checkpoint(result.last_checkpoint))
     m = pd.read_csv(tmp_path / "run" / "data" / "manifest.csv")
@@ -207,6 +221,10 @@ def test_resume_with_a_different_class_list_is_refused(demo_dir, cache_dir, tmp_
     cfg = _cfg(demo_dir, cache_dir, tmp_path / "run", **{"trainer.epochs": 1})
     train(cfg)
     other = cfg.override({"data.top_k": 4, "trainer.epochs": 2})
+    with pytest.raises(ConfigError, match=r"other settings \(data.top_k: 6 -> 4\)"):
+        train(other, resume=True)  # the run's config.yaml says so first
+    # without it (a folder copied without its config), the checkpoint's classes still do
+    (tmp_path / "run" / "config.yaml").unlink()
     with pytest.raises(Exception, match="trained on classes"):
         train(other, resume=True)
 

@@ -414,18 +414,25 @@ class AugmentConfig:
     With the BirdNET front end (inputs are feature vectors) only mixup applies; the
     spectrogram augmentations are refused.
 
-    >>> AugmentConfig().active, AugmentConfig(mixup_alpha=0.4).item_level
-    (False, False)
+    ``specaugment`` and ``mixup_alpha`` left at ``None`` take the front end's training
+    defaults when a run starts (:data:`TRAINING_DEFAULTS`, :func:`resolve_training`): on
+    for log-mel CNNs, off for heads on BirdNET features. Noise needs a folder, so it is
+    off unless ``noise_dir`` names one.
+
+    >>> AugmentConfig(specaugment=False, mixup_alpha=0.0).active
+    False
+    >>> AugmentConfig(mixup_alpha=0.4).item_level
+    False
     """
 
     time_shift: float = 0.0
     shift_mode: Literal["pad", "roll"] = "pad"
-    specaugment: bool = False
+    specaugment: bool | None = None
     time_masks: int = 2
     time_mask_frames: int = 20
     freq_masks: int = 2
     freq_mask_bands: int = 12
-    mixup_alpha: float = 0.0
+    mixup_alpha: float | None = None
     noise_dir: str | None = None
     noise_prob: float = 1.0
     noise_snr_db: tuple[float, ...] = (3.0, 30.0)
@@ -441,7 +448,7 @@ class AugmentConfig:
         for name in ("time_masks", "time_mask_frames", "freq_masks", "freq_mask_bands"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"augment.{name}={getattr(self, name)} must be >= 0")
-        if self.mixup_alpha < 0:
+        if self.mixup_alpha is not None and self.mixup_alpha < 0:
             raise ConfigError(f"augment.mixup_alpha={self.mixup_alpha} must be >= 0 (0: off)")
         if not 0 <= self.noise_prob <= 1:
             raise ConfigError(f"augment.noise_prob={self.noise_prob} must be in [0, 1]")
@@ -464,7 +471,7 @@ class AugmentConfig:
     @property
     def active(self) -> bool:
         """Whether any augmentation is on."""
-        return self.item_level or self.mixup_alpha > 0
+        return self.item_level or (self.mixup_alpha or 0.0) > 0
 
 
 # --------------------------------------------------------------------------- model / optim
@@ -490,15 +497,21 @@ class OptimConfig:
     first ``warmup_epochs`` (may be fractional) and then follows a cosine to 0 at the
     last step. ``label_smoothing``: cross-entropy label smoothing of the training loss
     (also the label term of distillation); validation loss is always plain.
+
+    ``scheduler="auto"`` and ``warmup_epochs`` / ``label_smoothing`` left at ``None`` take
+    the front end's training defaults when a run starts (:data:`TRAINING_DEFAULTS`):
+    warm-up + cosine with label smoothing 0.1 for log-mel CNNs, a constant learning rate
+    for heads on BirdNET features. A ``warmup_epochs`` of its own makes ``auto`` mean
+    ``warmup_cosine``.
     """
 
     name: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "warmup_cosine"] = "none"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
+    scheduler: Literal["auto", "none", "cosine", "warmup_cosine"] = "auto"
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -507,17 +520,17 @@ class OptimConfig:
             raise ConfigError(
                 f"optim.scheduler={self.scheduler!r}: use one of {', '.join(SCHEDULERS)}"
             )
-        if self.warmup_epochs < 0:
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ConfigError(f"optim.warmup_epochs={self.warmup_epochs} must be >= 0")
-        if self.warmup_epochs and self.scheduler != "warmup_cosine":
+        if self.warmup_epochs and self.scheduler not in ("auto", "warmup_cosine"):
             raise ConfigError(
                 f"optim.warmup_epochs needs optim.scheduler=warmup_cosine (got {self.scheduler!r})"
             )
-        if not 0 <= self.label_smoothing < 1:
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"optim.label_smoothing={self.label_smoothing} must be in [0, 1)")
 
 
-SCHEDULERS = ("none", "cosine", "warmup_cosine")
+SCHEDULERS = ("auto", "none", "cosine", "warmup_cosine")
 
 
 @dataclass(frozen=True)
@@ -697,6 +710,107 @@ class Config:
     def override(self, overrides: list[str] | dict[str, Any]) -> Config:
         """Apply ``key.sub=value`` strings (values parsed as YAML) or a dotted dict."""
         return apply_overrides(self, overrides)
+
+
+# ------------------------------------------------------------------ training defaults
+
+#: What a run trains with when its config leaves ``optim.scheduler="auto"`` and
+#: ``optim.warmup_epochs``, ``optim.label_smoothing``, ``augment.specaugment``,
+#: ``augment.mixup_alpha`` at ``None``: each front end's measured best.
+#: Log-mel CNNs: the recipe (experiments/recipe.yaml) minus the noise, which needs a folder
+#: (docs/results: default_recipe_compact). Heads on BirdNET features: a constant
+#: learning rate, no smoothing, no mixup; the recipe's settings cost them 0.05 macro-F1
+#: (default_recipe_birdnet). A multi-label run has no label smoothing (BCE targets).
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "logmel": {
+        "optim.scheduler": "warmup_cosine",
+        "optim.warmup_epochs": 1.0,
+        "optim.label_smoothing": 0.1,
+        "augment.specaugment": True,
+        "augment.mixup_alpha": 0.4,
+    },
+    "birdnet": {
+        "optim.scheduler": "none",
+        "optim.warmup_epochs": 0.0,
+        "optim.label_smoothing": 0.0,
+        "augment.specaugment": False,
+        "augment.mixup_alpha": 0.0,
+    },
+}
+
+
+def resolve_training(cfg: Config) -> Config:
+    """``cfg`` with every training default it left open made concrete for its front end
+    (:data:`TRAINING_DEFAULTS`); values a config sets are kept. Called when a run starts,
+    so ``config.yaml`` and the checkpoint record what was trained with.
+
+    >>> c = resolve_training(Config())
+    >>> c.optim.scheduler, c.optim.warmup_epochs, c.augment.specaugment, c.augment.mixup_alpha
+    ('warmup_cosine', 1.0, True, 0.4)
+    >>> resolve_training(Config().override({"optim.scheduler": "cosine"})).optim.warmup_epochs
+    0.0
+    """
+    d = TRAINING_DEFAULTS[cfg.preprocessing.frontend]
+    o, a = cfg.optim, cfg.augment
+    if o.scheduler == "auto":
+        scheduler = "warmup_cosine" if o.warmup_epochs else d["optim.scheduler"]
+        warmup = o.warmup_epochs if o.warmup_epochs is not None else d["optim.warmup_epochs"]
+    else:  # a schedule of the config's own: no warm-up unless it says so
+        scheduler = o.scheduler
+        warmup = o.warmup_epochs or 0.0
+    if scheduler != "warmup_cosine":
+        warmup = 0.0
+    smoothing = o.label_smoothing
+    if smoothing is None:
+        smoothing = 0.0 if cfg.task.multilabel else d["optim.label_smoothing"]
+    specaugment = a.specaugment if a.specaugment is not None else d["augment.specaugment"]
+    mixup = a.mixup_alpha if a.mixup_alpha is not None else d["augment.mixup_alpha"]
+    return dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(
+            o, scheduler=scheduler, warmup_epochs=float(warmup), label_smoothing=smoothing
+        ),
+        augment=dataclasses.replace(a, specaugment=specaugment, mixup_alpha=mixup),
+    )
+
+
+def flat_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b.c": value}``.
+
+    >>> flat_keys({"optim": {"lr": 0.01}, "out_dir": "x"})
+    {'optim.lr': 0.01, 'out_dir': 'x'}
+    """
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_keys(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(
+    before: Config, after: Config, ignore: typing.Iterable[str] = ()
+) -> list[str]:
+    """``"key: old -> new"`` for every dotted key where two configs differ (``ignore``:
+    keys that may differ; ``data.path`` compared as resolved paths).
+
+    >>> config_differences(Config(), Config().override({"optim.lr": 0.01}))
+    ['optim.lr: 0.001 -> 0.01']
+    """
+    a_all, b_all = flat_keys(before.to_dict()), flat_keys(after.to_dict())
+    skip = set(ignore)
+    diffs = []
+    for key in sorted(set(a_all) | set(b_all)):
+        if key in skip:
+            continue
+        a, b = a_all.get(key), b_all.get(key)
+        if key == "data.path" and a is not None and b is not None:
+            a, b = str(Path(a).resolve()), str(Path(b).resolve())
+        if a != b:
+            diffs.append(f"{key}: {a_all.get(key)!r} -> {b_all.get(key)!r}")
+    return diffs
 
 
 # --------------------------------------------------------------------------- helpers

@@ -231,14 +231,26 @@ TRAIN_OPTS = [
     Opt("--optimizer", "optim.name", str, "adam | adamw | rmsprop | adagrad | sgd"),
     Opt("--lr", "optim.lr", float, "learning rate (0.001)"),
     Opt("--weight-decay", "optim.weight_decay", float, "weight decay (0.0001)"),
-    Opt("--scheduler", "optim.scheduler", str, "none | cosine | warmup_cosine"),
+    Opt(
+        "--scheduler",
+        "optim.scheduler",
+        str,
+        "auto (warmup_cosine for log-mel CNNs, none for BirdNET heads) | none | cosine | "
+        "warmup_cosine",
+    ),
     Opt(
         "--warmup-epochs",
         "optim.warmup_epochs",
         float,
-        "linear warm-up epochs, then cosine per step (implies --scheduler warmup_cosine)",
+        "linear warm-up epochs, then cosine per step (implies --scheduler warmup_cosine; "
+        "default 1 for log-mel CNNs)",
     ),
-    Opt("--label-smoothing", "optim.label_smoothing", float, "cross-entropy label smoothing (0)"),
+    Opt(
+        "--label-smoothing",
+        "optim.label_smoothing",
+        float,
+        "cross-entropy label smoothing (0.1 for log-mel CNNs, 0 for BirdNET heads)",
+    ),
     Opt(
         "--sampling",
         "data.sampling",
@@ -246,7 +258,8 @@ TRAIN_OPTS = [
         "training items: shuffle (default) | class_balanced (weights 1/class count, with "
         "replacement; an alternative to dropping recordings to balance classes)",
     ),
-    # training-only augmentations (augment.*; off by default, see experiments/recipe.yaml)
+    # training-only augmentations (augment.*): SpecAugment and mixup are on by default for
+    # log-mel CNNs (config.TRAINING_DEFAULTS), noise needs a folder; see experiments/recipe.yaml
     Opt(
         "--noise-dir",
         "augment.noise_dir",
@@ -261,14 +274,29 @@ TRAIN_OPTS = [
         "signal gain range LO,HI in dB relative to the noise, e.g. --gain-db=-6,6 (needs "
         "--noise-dir)",
     ),
-    Opt("--mixup", "augment.mixup_alpha", float, "mixup of training batches, Beta(ALPHA, ALPHA)"),
+    Opt(
+        "--mixup",
+        "augment.mixup_alpha",
+        float,
+        "mixup of training batches, Beta(ALPHA, ALPHA) (0.4 for log-mel CNNs, 0 for BirdNET "
+        "heads; 0: off)",
+    ),
     Opt(
         "--specaugment",
         "augment.specaugment",
         None,
-        "SpecAugment time and frequency masks (augment.time_masks, freq_masks, ...)",
+        "SpecAugment time and frequency masks (augment.time_masks, freq_masks, ...; the "
+        "default for log-mel CNNs)",
         "store_const",
         True,
+    ),
+    Opt(
+        "--no-specaugment",
+        "augment.specaugment",
+        None,
+        "no SpecAugment masks",
+        "store_const",
+        False,
     ),
     Opt("--time-shift", "augment.time_shift", float, "random time shift, fraction of the input"),
     Opt("--epochs", "trainer.epochs", int, "epochs (20)"),
@@ -306,7 +334,10 @@ def _add_opts(p: argparse.ArgumentParser, opts: Sequence[Opt]) -> None:
         if o.action == "store_const":
             p.add_argument(o.flag, dest=dest, action="store_const", const=o.const, help=o.help)
         else:
-            p.add_argument(o.flag, dest=dest, type=o.type, default=None, help=o.help)
+            metavar = o.flag.lstrip("-").replace("-", "_").upper()  # --lr LR, not OPT__OPTIM__LR
+            p.add_argument(
+                o.flag, dest=dest, type=o.type, default=None, help=o.help, metavar=metavar
+            )
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:

@@ -57,9 +57,11 @@ from birdstack.config import (
     ConfigError,
     deep_merge,
     dotted_to_nested,
+    flat_keys,
     load_yaml,
     load_yaml_with_base,
 )
+from birdstack.config import config_differences as differences
 from birdstack.sweeps.runs import (
     Experiment,
     RunSpec,
@@ -309,7 +311,7 @@ def plan_runs(
         late = deep_merge(late, {"trainer": {"epochs": int(epochs)}})
     fold_spec = exp.folds if folds is None else folds
     seed_list = list(exp.seeds if seeds is None else seeds)
-    wanted = _flat(dotted_to_nested(list(only)))
+    wanted = flat_keys(dotted_to_nested(list(only)))
     runs: list[RunSpec] = []
     seen: dict[str, set[str]] = {k: set() for k in wanted}
     for v in exp.variants:
@@ -317,7 +319,7 @@ def plan_runs(
             cfg = Config.from_dict(exp.base).override(v.overrides).override(late)
         except ConfigError as e:
             raise ConfigError(f"{where}: variant {v.label!r}: {e}") from None
-        flat = {**_flat(cfg.to_dict()), "variant": v.label}
+        flat = {**flat_keys(cfg.to_dict()), "variant": v.label}
         for k in wanted:
             if k not in flat:
                 raise ConfigError(f"--only {k}: not a config key (nor 'variant')")
@@ -352,17 +354,6 @@ def plan_runs(
     return runs
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_differences(run: RunSpec) -> list[str]:
     """Keys where the config saved in a run folder differs from the planned one."""
     saved_path = run.run_dir / "config.yaml"
@@ -371,20 +362,10 @@ def config_differences(run: RunSpec) -> list[str]:
     from birdstack.training.train import resolve_config  # both as train() resolves them
 
     try:
-        saved = _flat(resolve_config(Config.from_dict(load_yaml(saved_path))).to_dict())
+        saved = resolve_config(Config.from_dict(load_yaml(saved_path)))
     except ConfigError as e:
         return [f"config.yaml unreadable ({e})"]
-    planned = _flat(resolve_config(run.config).to_dict())
-    diffs = []
-    for key in sorted(set(saved) | set(planned)):
-        if key in _VOLATILE_KEYS:
-            continue
-        a, b = saved.get(key), planned.get(key)
-        if key == "data.path" and a is not None and b is not None:
-            a, b = str(Path(a).resolve()), str(Path(b).resolve())
-        if a != b:
-            diffs.append(f"{key}: {saved.get(key)!r} -> {planned.get(key)!r}")
-    return diffs
+    return differences(saved, resolve_config(run.config), ignore=_VOLATILE_KEYS)
 
 
 def check_existing(runs: Sequence[RunSpec]) -> None:

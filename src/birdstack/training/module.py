@@ -2,7 +2,8 @@
 
     >>> from birdstack.models import create_model
     >>> net = create_model("mobilenet_compact", num_classes=3, in_chans=10)
-    >>> module = BirdClassifier(net, OptimConfig(), class_names=["a", "b", "c"])
+    >>> optim = OptimConfig(scheduler="warmup_cosine", warmup_epochs=1, label_smoothing=0.1)
+    >>> module = BirdClassifier(net, optim, class_names=["a", "b", "c"])
     >>> module.hparams_for_checkpoint()["classes"]
     ['a', 'b', 'c']
 
@@ -114,6 +115,21 @@ class BirdClassifier(L.LightningModule):
         augment: AugmentConfig | None = None,
     ) -> None:
         super().__init__()
+        open_keys = [
+            k
+            for k, v in (
+                ("optim.scheduler", None if optim.scheduler == "auto" else optim.scheduler),
+                ("optim.label_smoothing", optim.label_smoothing),
+                ("augment.mixup_alpha", augment.mixup_alpha if augment is not None else 0.0),
+            )
+            if v is None
+        ]
+        if open_keys:  # train() resolves them for the run's front end first
+            raise ConfigError(
+                f"{', '.join(open_keys)} left to the front end's default: pass the config "
+                "through birdstack.config.resolve_training (train() does) before building "
+                "the module"
+            )
         self.net = net
         # mixup of training batches (augment.mixup_alpha > 0; item augmentations are the data's)
         self.mixup_alpha = augment.mixup_alpha if augment is not None else 0.0

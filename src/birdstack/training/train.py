@@ -41,8 +41,9 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from rich.console import Console
 
-from birdstack.config import Config, ConfigError, to_dict
+from birdstack.config import Config, ConfigError, resolve_training, to_dict
 from birdstack.data.datamodule import BirdDataModule
 from birdstack.data.prepare import PreparedData, prepare
 from birdstack.features.taxonomy import ClassMapping
@@ -88,7 +89,8 @@ class TrainResult:
 
 
 def resolve_config(cfg: Config) -> Config:
-    """The config with the feature front end its model reads.
+    """The config with the feature front end its model reads, and that front end's
+    training defaults where the config leaves them open (:func:`resolve_training`).
 
     A head on BirdNET windows (``birdnet_*``) switches ``preprocessing.frontend`` to
     ``birdnet``, so ``--model birdnet_mlp`` is all a user has to say; a spectrogram
@@ -107,8 +109,10 @@ def resolve_config(cfg: Config) -> Config:
     wanted = model_entry(cfg.model.name).frontend
     if wanted == "birdnet" and cfg.preprocessing.frontend != "birdnet":
         cfg = cfg.override({"preprocessing.frontend": "birdnet"})
-    if wanted == cfg.preprocessing.frontend:  # encoding "auto" made concrete for it
-        return dataclasses.replace(cfg, preprocessing=cfg.preprocessing.resolved())
+    if wanted == cfg.preprocessing.frontend:  # encoding and training "auto" made concrete
+        return resolve_training(
+            dataclasses.replace(cfg, preprocessing=cfg.preprocessing.resolved())
+        )
     raise ConfigError(
         f"model {cfg.model.name!r} reads log-mel spectrograms, but preprocessing.frontend="
         f"{cfg.preprocessing.frontend!r}; use a birdnet_* model (birdstack models) or "
@@ -372,6 +376,45 @@ def distillation_inputs(
     return dict(zip(paths, tables)), unlabelled
 
 
+def describe_training(cfg: Config) -> str:
+    """One line for the console: what a (resolved) config trains with, defaults included.
+
+    >>> line = describe_training(resolve_config(Config()))
+    >>> line[:60]
+    'training: mobilenet_compact, adamw lr 0.001, warm-up 1 epoch'
+    >>> line.split("; ")[1]
+    'training only: SpecAugment, mixup 0.4 (no noise: --noise-dir DIR adds it)'
+    >>> describe_training(resolve_config(Config().override({"model.name": "birdnet_linear"})))[-15:]
+    'no augmentation'
+    """
+    o, a = cfg.optim, cfg.augment
+    schedule = {
+        "none": "constant rate",
+        "cosine": "cosine per epoch",
+        "warmup_cosine": f"warm-up {o.warmup_epochs:g} epoch(s) + cosine",
+    }[o.scheduler]
+    parts = [f"{cfg.model.name}", f"{o.name} lr {o.lr:g}", schedule]
+    if o.label_smoothing:
+        parts.append(f"label smoothing {o.label_smoothing:g}")
+    parts.append(f"{cfg.trainer.epochs} epochs of batch {cfg.trainer.batch_size}")
+    aug = []
+    if a.time_shift:
+        aug.append(f"time shift {a.time_shift:g}")
+    if a.specaugment:
+        aug.append("SpecAugment")
+    if a.mixup_alpha:
+        aug.append(f"mixup {a.mixup_alpha:g}")
+    if a.noise_dir:
+        lo, hi = a.noise_snr_db
+        aug.append(f"noise from {a.noise_dir} at {lo:g}-{hi:g} dB SNR")
+    elif not cfg.preprocessing.is_birdnet:
+        aug.append("(no noise: --noise-dir DIR adds it)")
+    line = "training: " + ", ".join(parts)
+    if not aug or aug[0].startswith("("):
+        return line + "; no augmentation" + (" " + aug[0] if aug else "")
+    return line + "; training only: " + ", ".join(aug).replace(", (", " (")
+
+
 def train_augment(cfg: Config, prepared: PreparedData) -> Any:
     """The training set's item augmentations (``None`` when none is on); noise clips are
     turned into features with the run's preprocessing through the feature cache."""
@@ -418,6 +461,44 @@ def location_factors_for(
     return torch.from_numpy(np.stack(rows)) if rows else None
 
 
+#: keys a resumed run may change: where files go, the hardware, progress bars, and how many
+#: epochs (a longer run continues the shorter one); everything else shapes the result
+RESUME_FREE_KEYS = (
+    "out_dir",
+    "data.cache_dir",
+    "data.workers",
+    "preprocessing.birdnet.threads",
+    "preprocessing.birdnet.batch_size",
+    "trainer.epochs",
+    "trainer.early_stopping_patience",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.strategy",
+    "trainer.num_nodes",
+    "trainer.num_workers",
+    "trainer.progress",
+)
+
+
+def check_resume_config(cfg: Config, run_dir: Path) -> None:
+    """Refuse to ``--resume`` a run with settings other than its own (``config.yaml``): the
+    second half would train another model than the first. Both are compared resolved, so a
+    run made before a default changed is caught too."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    from birdstack.config import config_differences, load_yaml
+
+    saved = resolve_config(Config.from_dict(load_yaml(saved_path)))
+    diffs = config_differences(saved, cfg, ignore=RESUME_FREE_KEYS)
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} was trained with other settings ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''}); resume it with its own: "
+            f"birdstack train --config {saved_path} --resume (add --epochs N to train longer)"
+        )
+
+
 def train(cfg: Config, resume: bool = False) -> TrainResult:
     """Prepare the data (cached), train, checkpoint, and write the run's metrics and curves."""
     validate_config(cfg)
@@ -433,6 +514,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         )
     if resume and last.exists():
         load_checkpoint(last)  # a checkpoint that is not plain values is refused here, early
+        check_resume_config(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for d in (run_dir, run_dir / "data", run_dir / "checkpoints"):
         remove_stale_temp_files(d)  # left by a run that was killed while writing
@@ -447,6 +529,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         progress=cfg.trainer.progress,
         task=cfg.task,
     )
+    Console(stderr=True).print(describe_training(cfg))
     teacher, unlabelled = distillation_inputs(cfg, prepared)
     dm = BirdDataModule(
         prepared,
