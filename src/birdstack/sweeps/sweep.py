@@ -61,7 +61,6 @@ from birdstack.config import (
     load_yaml,
     load_yaml_with_base,
 )
-from birdstack.config import config_differences as differences
 from birdstack.sweeps.runs import (
     Experiment,
     RunSpec,
@@ -92,18 +91,6 @@ EXPERIMENT_KEYS = (
 )
 COMPARE_KEYS = ("figures_by", "title", "reference", "epoch")
 RUN_FILE = "sweep_run.json"
-# config keys that may differ between a finished run and the same run planned again
-# keys that change where files go, speed or memory, never a result: a run folder saved
-# with other values is still the same run (BirdNET's threads and windows per call give
-# identical features, see BirdnetConfig)
-_VOLATILE_KEYS = (
-    "out_dir",
-    "trainer.progress",
-    "data.cache_dir",
-    "data.workers",
-    "preprocessing.birdnet.threads",
-    "preprocessing.birdnet.batch_size",
-)
 
 
 @dataclass
@@ -356,16 +343,9 @@ def plan_runs(
 
 def config_differences(run: RunSpec) -> list[str]:
     """Keys where the config saved in a run folder differs from the planned one."""
-    saved_path = run.run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return []
-    from birdstack.training.train import resolve_config  # both as train() resolves them
+    from birdstack.training.train import VOLATILE_KEYS, saved_config_differences
 
-    try:
-        saved = resolve_config(Config.from_dict(load_yaml(saved_path)))
-    except ConfigError as e:
-        return [f"config.yaml unreadable ({e})"]
-    return differences(saved, resolve_config(run.config), ignore=_VOLATILE_KEYS)
+    return saved_config_differences(run.run_dir, run.config, VOLATILE_KEYS)
 
 
 def check_existing(runs: Sequence[RunSpec]) -> None:

@@ -461,14 +461,21 @@ def location_factors_for(
     return torch.from_numpy(np.stack(rows)) if rows else None
 
 
-#: keys a resumed run may change: where files go, the hardware, progress bars, and how many
-#: epochs (a longer run continues the shorter one); everything else shapes the result
-RESUME_FREE_KEYS = (
+#: keys that change where files go, speed or memory, never a result: a run folder saved
+#: with other values is still the same run (BirdNET's threads and windows per call give
+#: identical features, see BirdnetConfig); the sweeps' check of finished runs ignores them
+VOLATILE_KEYS = (
     "out_dir",
+    "trainer.progress",
     "data.cache_dir",
     "data.workers",
     "preprocessing.birdnet.threads",
     "preprocessing.birdnet.batch_size",
+)
+#: what a resumed run may change on top: the hardware and how many epochs (a longer run
+#: continues the shorter one); everything else shapes the result
+RESUME_FREE_KEYS = (
+    *VOLATILE_KEYS,
     "trainer.epochs",
     "trainer.early_stopping_patience",
     "trainer.accelerator",
@@ -476,26 +483,34 @@ RESUME_FREE_KEYS = (
     "trainer.strategy",
     "trainer.num_nodes",
     "trainer.num_workers",
-    "trainer.progress",
 )
+
+
+def saved_config_differences(run_dir: Path, cfg: Config, ignore: tuple[str, ...]) -> list[str]:
+    """Keys where ``run_dir/config.yaml`` differs from ``cfg``, both resolved as train()
+    resolves them, so a run made before a default changed is caught too (none: no file)."""
+    from birdstack.config import config_differences, load_yaml
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    try:
+        saved = resolve_config(Config.from_dict(load_yaml(saved_path)))
+    except ConfigError as e:
+        return [f"config.yaml unreadable ({e})"]
+    return config_differences(saved, resolve_config(cfg), ignore=ignore)
 
 
 def check_resume_config(cfg: Config, run_dir: Path) -> None:
     """Refuse to ``--resume`` a run with settings other than its own (``config.yaml``): the
-    second half would train another model than the first. Both are compared resolved, so a
-    run made before a default changed is caught too."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    from birdstack.config import config_differences, load_yaml
-
-    saved = resolve_config(Config.from_dict(load_yaml(saved_path)))
-    diffs = config_differences(saved, cfg, ignore=RESUME_FREE_KEYS)
+    second half would train another model than the first."""
+    diffs = saved_config_differences(run_dir, cfg, RESUME_FREE_KEYS)
     if diffs:
         raise ConfigError(
             f"{run_dir} was trained with other settings ({'; '.join(diffs[:4])}"
             f"{'; ...' if len(diffs) > 4 else ''}); resume it with its own: "
-            f"birdstack train --config {saved_path} --resume (add --epochs N to train longer)"
+            f"birdstack train --config {run_dir / 'config.yaml'} --resume (add --epochs N to "
+            "train longer)"
         )
 
 
