@@ -21,12 +21,12 @@ test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks scripts
+	$(BIN)/ruff check --fix src tests benchmarks scripts
 
 bench: $(STAMP)  ## speed benchmarks (print ratios against baselines measured in the same run)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
