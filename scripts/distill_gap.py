@@ -6,7 +6,7 @@ on that run's own validation recordings:
 * **student**: its checkpoint through ``Predictor`` (the windows and pooling of
   ``predict`` and ``evaluate``), per recording;
 * **teacher**: the teacher checkpoint the run names (``{fold}``/``{seed}`` filled in),
-  through its own preprocessing;
+  through its own preprocessing (its scores cached as for training);
 * **ceiling**: what a student that matched its teacher on every one of its own 5 s
   windows would score: the teacher's window scores on the student's windows (the
   targets training gave it, ``TeacherTable.span``), mean-pooled per recording.
@@ -32,6 +32,7 @@ import pandas as pd
 from birdstack.config import Config
 from birdstack.data.prepare import default_cache_dir
 from birdstack.evaluation.metrics import classification_metrics
+from birdstack.features.encoding import segment_starts
 from birdstack.inference.predictor import Predictor
 from birdstack.training.distill import Teacher
 from birdstack.training.train import teacher_path
@@ -54,20 +55,21 @@ def run_gap(run: Path) -> tuple[dict, pd.DataFrame]:
     files = val["path"].astype(str).tolist()
 
     student = Predictor.from_checkpoint(run / "checkpoints/last.ckpt", threads=1)
-    teacher = Predictor.from_checkpoint(teacher_ckpt, threads=1)
-    if list(student.classes) != list(classes) or not set(classes) <= set(teacher.classes):
-        raise SystemExit(f"{run}: the student's or teacher's classes differ from the run's")
-    t_index = [list(teacher.classes).index(c) for c in classes]
+    if list(student.classes) != list(classes):
+        raise SystemExit(f"{run}: the checkpoint's classes differ from the run's classes.json")
     p_student = np.stack([student.predict(f).probs for f in files])
-    p_teacher = np.stack([teacher.predict(f).probs[t_index] for f in files])
-
+    # the teacher's scores through its own preprocessing, cached like the training targets:
+    # per recording (its ``predict`` figure) and per window (the student's targets)
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     tables = Teacher(teacher_ckpt, list(classes), root, threads=1).tables(files, progress=False)
-    win, hop = cfg.preprocessing.encoding.window_s, cfg.preprocessing.encoding.hop_s
+    p_teacher = np.stack([t.probs for t in tables])
+    pre = cfg.preprocessing
+    window, hop, spf = pre.window_frames(), pre.hop_frames(), pre.seconds_per_frame()
     p_ceiling = []
-    for table, dur in zip(tables, val["duration_s"].to_numpy()):
-        starts = np.arange(0.0, max(float(dur) - win, 0.0) + 1e-9, hop)
-        p_ceiling.append(np.mean([table.span(a, a + win) for a in starts], axis=0))
+    for table, n in zip(tables, val["frames"].astype(int)):
+        starts = segment_starts(n, window, hop, pre.encoding.min_last_window)
+        spans = [table.span(s * spf, s * spf + pre.input_seconds()) for s in starts]
+        p_ceiling.append(np.mean(spans, axis=0))
 
     row: dict = {"run": run.name, "fold": fold, "seed": seed, "n_val": len(files)}
     per_class = []
