@@ -148,3 +148,38 @@ def test_teacher_must_know_every_class(demo_teacher, demo_dir, cache_dir, tmp_pa
 
     with pytest.raises(Exception, match="not trained on"):
         Teacher(demo_teacher.last_checkpoint, ["vireo_latimeri", "turdus_merula"], cache_dir)
+
+
+def test_distill_gap_script_reproduces_the_run(demo_teacher, demo_dir, cache_dir, tmp_path) -> None:
+    """scripts/distill_gap.py: the student's figure is the run's own last validation figure,
+    the teacher's is its checkpoint's ``predict``, and the ceiling uses the same tables."""
+    import importlib.util
+
+    from birdstack.inference.predictor import Predictor
+    from birdstack.training.train import train
+
+    teacher = str(demo_teacher.run_dir / "checkpoints" / "last.ckpt")
+    result = train(_student_cfg(demo_dir, cache_dir, tmp_path / "student", teacher))
+    path = Path(__file__).parents[1] / "scripts" / "distill_gap.py"
+    spec = importlib.util.spec_from_file_location("distill_gap", path)
+    assert spec is not None and spec.loader is not None
+    gap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gap)
+
+    row, per_class = gap.run_gap(result.run_dir)
+    assert row["fold"] == 0 and row["n_val"] > 0
+    last = result.history.dropna(subset=["val/rec_acc"]).iloc[-1]
+    assert row["student_acc"] == pytest.approx(last["val/rec_acc"], abs=1e-6)
+    assert row["student_f1_macro"] == pytest.approx(last["val/rec_f1_macro"], abs=1e-6)
+    import pandas as pd
+
+    man = pd.read_csv(result.run_dir / "data" / "manifest.csv")
+    val = man[man["split"] == "val"]
+    p = Predictor.from_checkpoint(teacher, threads=1)
+    correct = [
+        int(np.argmax(p.predict(f).probs)) == y for f, y in zip(val["path"], val["label_idx"])
+    ]
+    assert row["teacher_acc"] == pytest.approx(np.mean(correct), abs=1e-6)
+    assert 0.0 <= row["ceiling_f1_macro"] <= 1.0
+    assert set(per_class["who"]) == {"student", "teacher"}
+    assert (per_class["support"] > 0).all() and (per_class["n_train"] > 0).all()
