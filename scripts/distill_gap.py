@@ -23,14 +23,13 @@ validation fold holds the class, with the training recordings of the class).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from birdstack.config import Config
-from birdstack.data.prepare import default_cache_dir
+from birdstack.data.prepare import cache_root
 from birdstack.evaluation.metrics import classification_metrics
 from birdstack.features.encoding import segment_starts
 from birdstack.inference.predictor import Predictor
@@ -44,9 +43,6 @@ def run_gap(run: Path) -> tuple[dict, pd.DataFrame]:
         raise SystemExit(f"{run}: not a distilled run (no distill.teacher)")
     fold, seed = cfg.data.val_fold, cfg.trainer.seed
     teacher_ckpt = Path(teacher_path(cfg))
-    classes = json.loads((run / "data/classes.json").read_text())
-    if isinstance(classes, dict):
-        classes = classes["classes"]
     man = pd.read_csv(run / "data/manifest.csv")
     kept = man[man["label_idx"] >= 0]
     val = kept[kept["split"] == "val"]
@@ -55,13 +51,12 @@ def run_gap(run: Path) -> tuple[dict, pd.DataFrame]:
     files = val["path"].astype(str).tolist()
 
     student = Predictor.from_checkpoint(run / "checkpoints/last.ckpt", threads=1)
-    if list(student.classes) != list(classes):
-        raise SystemExit(f"{run}: the checkpoint's classes differ from the run's classes.json")
+    classes = list(student.classes)  # the checkpoint carries its class list
     p_student = np.stack([student.predict(f).probs for f in files])
     # the teacher's scores through its own preprocessing, cached like the training targets:
     # per recording (its ``predict`` figure) and per window (the student's targets)
-    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
-    tables = Teacher(teacher_ckpt, list(classes), root, threads=1).tables(files, progress=False)
+    root = cache_root(cfg.data.cache_dir)
+    tables = Teacher(teacher_ckpt, classes, root, threads=1).tables(files, progress=False)
     p_teacher = np.stack([t.probs for t in tables])
     pre = cfg.preprocessing
     window, hop, spf = pre.window_frames(), pre.hop_frames(), pre.seconds_per_frame()
@@ -78,7 +73,7 @@ def run_gap(run: Path) -> tuple[dict, pd.DataFrame]:
         ("teacher", p_teacher),
         ("ceiling", np.stack(p_ceiling)),
     ):
-        m = classification_metrics(y, p, list(classes))
+        m = classification_metrics(y, p, classes)
         row[f"{who}_acc"], row[f"{who}_f1_macro"] = m.accuracy, m.f1_macro
         if who != "ceiling":
             pc = m.per_class.assign(who=who, fold=fold)

@@ -82,6 +82,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "birdstack" / "features"
 
 
+def cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The feature cache folder: ``data.cache_dir`` when set, else :func:`default_cache_dir`."""
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
 def resolve_frontend(preprocessing: Preprocessing) -> Preprocessing:
     """Record the BirdNET model's sha256 in the preprocessing (refusing a different one).
 
@@ -247,9 +252,7 @@ def prepare(
 
     # features for every recording still in play
     preprocessing = resolve_frontend(preprocessing)
-    cache = FeatureCache.for_preprocessing(
-        Path(data.cache_dir) if data.cache_dir else default_cache_dir(), preprocessing
-    )
+    cache = FeatureCache.for_preprocessing(cache_root(data.cache_dir), preprocessing)
     todo = df[~df["dropped"]]
     result = cache.compute_many(
         [Path(p) for p in todo["path"]], workers=data.workers, progress=progress

@@ -279,12 +279,10 @@ def cached_features(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(row, spectrogram)`` of every decodable file, features from the cache (computed
     once); an unreadable file is logged and counted in ``excluded["unreadable_audio"]``."""
-    from birdstack.data.prepare import default_cache_dir
+    from birdstack.data.prepare import cache_root
     from birdstack.features.cache import FeatureCache
 
-    cache = FeatureCache.for_preprocessing(
-        Path(cache_dir) if cache_dir else default_cache_dir(), pre
-    )
+    cache = FeatureCache.for_preprocessing(cache_root(cache_dir), pre)
     entries = cache.compute_many(paths, progress=progress)
     for i, p in enumerate(paths):
         entry = entries[p]

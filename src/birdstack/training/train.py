@@ -341,11 +341,11 @@ def distillation_inputs(
     d = cfg.distill
     if not d.teacher:
         return None, None
-    from birdstack.data.prepare import default_cache_dir
+    from birdstack.data.prepare import cache_root
     from birdstack.features.cache import FeatureCache
     from birdstack.training.distill import Teacher, unlabelled_files
 
-    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    root = cache_root(cfg.data.cache_dir)
     ckpt = teacher_path(cfg)
     m = prepared.kept
     paths = m.loc[m["fold"] != cfg.data.val_fold, "path"].astype(str).tolist()
@@ -421,11 +421,11 @@ def train_augment(cfg: Config, prepared: PreparedData) -> Any:
     if not cfg.augment.item_level:
         return None
     from birdstack.data.augment import TrainAugment, noise_features
-    from birdstack.data.prepare import default_cache_dir
+    from birdstack.data.prepare import cache_root
 
     noise: list[str] = []
     if cfg.augment.noise_dir:
-        root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+        root = cache_root(cfg.data.cache_dir)
         noise = noise_features(
             cfg.augment.noise_dir,
             prepared.preprocessing,
