@@ -183,3 +183,68 @@ def test_distill_gap_script_reproduces_the_run(demo_teacher, demo_dir, cache_dir
     assert 0.0 <= row["ceiling_f1_macro"] <= 1.0
     assert set(per_class["who"]) == {"student", "teacher"}
     assert (per_class["support"] > 0).all() and (per_class["n_train"] > 0).all()
+
+
+def test_teacher_table_span_embeddings() -> None:
+    t = TeacherTable(
+        np.array([0.0, 3.0, 6.0]),
+        np.array([3.0, 6.0, 9.0]),
+        np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]),
+        np.array([0.4, 0.6]),
+        np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]], dtype=np.float16),
+    )
+    # the same windows as the scores: centres inside, else the nearest
+    np.testing.assert_allclose(t.span_embedding(0, 6), [2.0, 1.0])
+    np.testing.assert_allclose(t.span_embedding(20, 25), [5.0, 4.0])
+    np.testing.assert_allclose(t.embedding(), [3.0, 2.0])
+    with pytest.raises(ValueError, match="no embeddings"):
+        TeacherTable(t.starts_s, t.ends_s, t.window_probs, t.probs).span_embedding(0, 3)
+    with pytest.raises(ConfigError, match="needs distill.teacher"):
+        Config.from_dict({"distill": {"embedding": 1.0}})
+    with pytest.raises(ConfigError, match=">= 0"):
+        Config.from_dict({"distill": {"teacher": "x.ckpt", "embedding": -1.0}})
+
+
+def test_embedding_distillation_on_demo_data(demo_teacher, demo_dir, cache_dir, tmp_path) -> None:
+    """distill.embedding: the tables carry standardised BirdNET embeddings, the batches
+    carry them, a training-only projection learns them, and the student's checkpoint
+    is still an ordinary network for predict."""
+    from birdstack.data.datamodule import BirdDataModule
+    from birdstack.data.prepare import prepare
+    from birdstack.features.birdnet import EMBED_DIM
+    from birdstack.inference.predictor import Predictor
+    from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from birdstack.training.train import distillation_inputs, train
+
+    cfg = _student_cfg(
+        demo_dir,
+        cache_dir,
+        tmp_path / "student",
+        str(demo_teacher.last_checkpoint),
+        **{"distill.embedding": 1.0, "augment.mixup_alpha": 0.4},
+    )
+    prepared = prepare(cfg.data, cfg.preprocessing, progress=False)
+    tables, _ = distillation_inputs(cfg, prepared)
+    assert tables is not None
+    allw = np.concatenate([t.window_embeddings for t in tables.values()])
+    assert allw.shape[1] == EMBED_DIM
+    # standardised over the training windows (constant dimensions stay 0)
+    np.testing.assert_allclose(allw.mean(axis=0), 0, atol=1e-4)
+    assert 0.9 < float(allw.std(axis=0).max()) < 1.1
+    dm = BirdDataModule(prepared, teacher=tables, batch_size=8)
+    item = dm.train_set[(0, 3)]  # item 0 of epoch 3: a random crop drawn from (seed, epoch)
+    assert len(item) == 5 and item[4].shape == (EMBED_DIM,)
+    # the student's crop gets the mean of the teacher windows whose centres lie inside it
+    a = dm.train_set._random_start(0, 0, 3) * prepared.preprocessing.seconds_per_frame()
+    t0 = tables[str(dm.train_records["path"][0])]
+    np.testing.assert_allclose(item[4].numpy(), t0.span_embedding(a, a + 5.0), rtol=1e-5)
+    result = train(cfg)
+    emb = np.asarray(result.history["train/embed_loss"], dtype=float)
+    assert np.isfinite(emb).all() and (emb > 0).all()
+    ckpt = load_checkpoint(result.last_checkpoint)
+    assert "embed_proj.weight" in ckpt["state_dict"]
+    assert ckpt["birdstack"]["config"]["distill"]["embedding"] == 1.0
+    net, _ = build_model_from_checkpoint(ckpt)  # the network alone, without the projection
+    assert not any("embed_proj" in k for k in net.state_dict())
+    pred = Predictor.from_checkpoint(result.last_checkpoint, threads=1)
+    assert pred.predict(sorted(demo_dir.glob("train_audio/*/*.ogg"))[0]).probs.shape == (6,)

@@ -574,12 +574,20 @@ class DistillConfig:
     ``alpha`` x ``temperature ** 2`` x the KL divergence from the teacher's scores at
     ``temperature``. ``unlabelled``: folders
     of audio without labels, trained on the teacher's scores alone.
+    ``embedding`` (> 0: on; a teacher on BirdNET features): weight of a second term,
+    the mean squared error between a training-only ``Linear`` of the student's pooled
+    features and the teacher's 1024-d BirdNET embedding of the same audio (pooled
+    over the student's window like its scores, standardised per dimension over the
+    training windows). The embedding says far more about a window than a few class
+    scores, on the unlabelled audio above all. The projection is not part of the
+    student's network: ``predict`` and ``export`` never see it.
     """
 
     teacher: str | None = None
     alpha: float = 0.7
     temperature: float = 2.0
     unlabelled: tuple[str, ...] = ()
+    embedding: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
@@ -588,6 +596,10 @@ class DistillConfig:
             raise ConfigError(f"distill.temperature={self.temperature} must be positive")
         if self.unlabelled and not self.teacher:
             raise ConfigError("distill.unlabelled needs distill.teacher (--teacher CKPT)")
+        if self.embedding < 0:
+            raise ConfigError(f"distill.embedding={self.embedding} must be >= 0")
+        if self.embedding > 0 and not self.teacher:
+            raise ConfigError("distill.embedding needs distill.teacher (--teacher CKPT)")
 
 
 TASKS = ("multiclass", "multilabel")

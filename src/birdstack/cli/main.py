@@ -215,6 +215,12 @@ TRAIN_OPTS = [
         _csv,
         "with --teacher: comma-separated folders of unlabelled audio trained on its scores",
     ),
+    Opt(
+        "--distill-embedding",
+        "distill.embedding",
+        float,
+        "with a BirdNET teacher: weight of matching its 1024-d embedding (0: off)",
+    ),
     Opt("--loss", "task.loss", str, "multilabel: bce | focal"),
     Opt(
         "--secondary-weight",

@@ -193,6 +193,17 @@ class BirdDataset(Dataset):
             p = t.probs
         return torch.as_tensor(np.asarray(p, dtype=np.float32))
 
+    def _teacher_embedding(self, i: int, start: int) -> torch.Tensor:
+        """The teacher's embedding of item ``(i, start)``: over its span, or the recording."""
+        assert self.teacher is not None
+        t = self.teacher[i]
+        if self.pre.encoding.kind == "segments":
+            a = start * self.pre.seconds_per_frame()
+            e = t.span_embedding(a, a + self.pre.input_seconds())
+        else:
+            e = t.embedding()
+        return torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32))
+
     def __getitem__(self, idx: int | tuple[int, ...]) -> tuple[Any, ...]:
         epoch, draw = None, 0
         if isinstance(idx, tuple):
@@ -227,6 +238,8 @@ class BirdDataset(Dataset):
         if self.targets is not None:
             y = torch.from_numpy(np.array(self.targets(i, start), dtype=np.float32))
         if self.teacher is not None:
+            if self.teacher[i].window_embeddings is not None:  # distill.embedding
+                return x_t, y, i, self._teacher_probs(i, start), self._teacher_embedding(i, start)
             return x_t, y, i, self._teacher_probs(i, start)
         return x_t, y, i
 

@@ -19,6 +19,13 @@ atomically, so sweeps over folds and resumed runs score each file once.
 
 ``--unlabelled DIR ...`` adds recordings without labels (other species, noise, the
 user's own field recordings): they are trained on the teacher's scores alone.
+
+``--distill-embedding W`` (a teacher on BirdNET features) adds ``W`` x the mean squared
+error between a training-only ``Linear`` of the student's pooled features and the
+teacher's standardised 1024-d BirdNET embedding of the same span (feature
+distillation, "hints": Romero et al. 2015): 1024 numbers per window instead of a few
+class scores, and informative on unlabelled audio of other species too. The tables
+then also hold each window's embedding (float16).
 """
 
 from __future__ import annotations
@@ -53,6 +60,15 @@ class TeacherTable:
     ends_s: np.ndarray  # [W]
     window_probs: np.ndarray  # [W, K] over the student's classes
     probs: np.ndarray  # [K]
+    window_embeddings: np.ndarray | None = None  # [W, E] (distill.embedding), else None
+
+    def _rows(self, a: float, b: float) -> np.ndarray | int:
+        """The windows whose centres lie in ``[a, b]`` (a mask), else the nearest one."""
+        centres = (self.starts_s + self.ends_s) / 2
+        inside = (centres >= a) & (centres <= b)
+        if inside.any():
+            return inside
+        return int(np.argmin(np.abs(centres - (a + b) / 2)))
 
     def span(self, a: float, b: float) -> np.ndarray:
         """Mean probabilities of the windows whose centres lie in ``[a, b]`` (else nearest).
@@ -64,21 +80,42 @@ class TeacherTable:
         """
         if len(self.starts_s) == 0:
             return self.probs
-        centres = (self.starts_s + self.ends_s) / 2
-        inside = (centres >= a) & (centres <= b)
-        if inside.any():
-            return self.window_probs[inside].mean(axis=0)
-        return self.window_probs[int(np.argmin(np.abs(centres - (a + b) / 2)))]
+        rows = self._rows(a, b)
+        return (
+            self.window_probs[rows].mean(axis=0)
+            if isinstance(rows, np.ndarray)
+            else (self.window_probs[rows])
+        )
+
+    def span_embedding(self, a: float, b: float) -> np.ndarray:
+        """Mean embedding of the same windows as :meth:`span` (whole recording: all)."""
+        if self.window_embeddings is None:
+            raise ValueError("this teacher table holds no embeddings")
+        e = self.window_embeddings
+        rows = self._rows(a, b) if len(self.starts_s) else np.ones(len(e), dtype=bool)
+        if isinstance(rows, np.ndarray):
+            return e[rows].astype(np.float32).mean(axis=0)
+        return e[rows].astype(np.float32)
+
+    def embedding(self) -> np.ndarray:
+        """The whole recording's mean embedding (``stacked`` / ``pooled`` students)."""
+        if self.window_embeddings is None:
+            raise ValueError("this teacher table holds no embeddings")
+        return self.window_embeddings.astype(np.float32).mean(axis=0)
 
 
 def _npz_bytes(table: TeacherTable) -> bytes:
     buf = io.BytesIO()
+    extra = {}
+    if table.window_embeddings is not None:
+        extra["window_embeddings"] = table.window_embeddings.astype(np.float16)
     np.savez(
         buf,
         starts_s=table.starts_s,
         ends_s=table.ends_s,
         window_probs=table.window_probs.astype(np.float32),
         probs=table.probs.astype(np.float32),
+        **extra,
     )
     return buf.getvalue()
 
@@ -92,11 +129,19 @@ class Teacher:
         classes: list[str],
         cache_root: str | os.PathLike[str],
         threads: int | None = None,
+        embeddings: bool = False,
     ) -> None:
         from birdstack.inference.predictor import Predictor
 
         self.checkpoint = Path(checkpoint)
         self.predictor = Predictor.from_checkpoint(self.checkpoint, threads=threads)
+        # distill.embedding: the tables also hold each window's BirdNET embedding
+        self.embeddings = embeddings
+        if embeddings and not self.predictor.preprocessing.is_birdnet:
+            raise BirdstackError(
+                f"{self.checkpoint}: distill.embedding needs a teacher on BirdNET features "
+                f"(frontend birdnet); this one reads {self.predictor.preprocessing.frontend}"
+            )
         missing = [c for c in classes if c not in self.predictor.classes]
         if missing:
             raise BirdstackError(
@@ -122,11 +167,20 @@ class Teacher:
             raise BadInputError(path, entry.error)
         feats = np.load(entry.cache_file)
         res = self.predictor.score_frames([feats], str(path), entry.samples)
+        starts = np.asarray(res.starts_s, dtype=np.float64)
+        emb = None
+        if self.embeddings:  # each window's column of the BirdNET features, embedding rows
+            from birdstack.features.birdnet import EMBED_DIM
+
+            cols = np.rint(starts / self.predictor.seconds_per_frame).astype(int)
+            cols = np.clip(cols, 0, max(0, feats.shape[1] - 1))
+            emb = np.ascontiguousarray(feats[:EMBED_DIM, cols].T, dtype=np.float16)
         return TeacherTable(
-            np.asarray(res.starts_s, dtype=np.float64),
+            starts,
             np.asarray(res.ends_s, dtype=np.float64),
             self._restrict(np.asarray(res.window_probs, dtype=np.float64)),
             self._restrict(np.asarray(res.probs, dtype=np.float64)),
+            emb,
         )
 
     def table(self, path: str | os.PathLike[str]) -> TeacherTable:
@@ -137,8 +191,11 @@ class Teacher:
         if f.is_file():
             try:
                 with np.load(f) as z:
-                    t = TeacherTable(z["starts_s"], z["ends_s"], z["window_probs"], z["probs"])
-                if t.probs.shape == (len(self.classes),):
+                    emb = z["window_embeddings"] if "window_embeddings" in z.files else None
+                    t = TeacherTable(z["starts_s"], z["ends_s"], z["window_probs"], z["probs"], emb)
+                # an entry written without embeddings is scored again when they are needed
+                complete = emb is not None or not self.embeddings
+                if t.probs.shape == (len(self.classes),) and complete:
                     return t
             except (OSError, ValueError, KeyError, EOFError):
                 log.warning("damaged teacher cache entry %s; scoring again", f)
@@ -171,6 +228,37 @@ def unlabelled_files(dirs: tuple[str, ...] | list[str]) -> list[Path]:
             raise BadInputError(p, f"no audio files ({exts}) in this folder")
         out += files
     return out
+
+
+def standardize_embeddings(tables: list[TeacherTable]) -> list[TeacherTable]:
+    """The tables with every embedding dimension standardised over all their windows.
+
+    BirdNET's embedding dimensions differ in scale by orders of magnitude; standardised,
+    each counts alike in the squared error and the loss starts near 1.
+    """
+    from dataclasses import replace
+
+    rows = [t.window_embeddings for t in tables if t.window_embeddings is not None]
+    if not rows:
+        raise ValueError("no teacher table holds embeddings")
+    allw = np.concatenate(rows).astype(np.float64)
+    mean, std = allw.mean(axis=0), allw.std(axis=0)
+    std = np.where(std > 1e-6, std, 1.0)
+    return [
+        replace(t, window_embeddings=((t.window_embeddings - mean) / std).astype(np.float32))
+        if t.window_embeddings is not None
+        else t
+        for t in tables
+    ]
+
+
+def embedding_loss(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between projected student features and teacher embeddings.
+
+    >>> float(embedding_loss(torch.ones(2, 3), torch.zeros(2, 3)))
+    1.0
+    """
+    return F.mse_loss(projected, target.to(projected.dtype))
 
 
 def distillation_loss(

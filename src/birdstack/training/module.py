@@ -113,7 +113,10 @@ class BirdClassifier(L.LightningModule):
         distill: DistillConfig | None = None,
         task: TaskConfig | None = None,
         augment: AugmentConfig | None = None,
+        embedding_dim: int | None = None,
     ) -> None:
+        """``embedding_dim``: with ``distill.embedding > 0``, the size of the teacher's
+        embedding that a training-only ``Linear`` of the student's features matches."""
         super().__init__()
         open_keys = [
             k
@@ -143,6 +146,17 @@ class BirdClassifier(L.LightningModule):
             init_prior_bias(net, MULTILABEL_PRIOR)
         # with a teacher, training batches carry its scores: (x, y, rec, teacher_probs)
         self.distill = distill if distill is not None and distill.teacher else None
+        # distill.embedding: batches also carry the teacher's embedding, matched by a
+        # projection of the student's pooled features (not part of self.net: predict,
+        # export and build_model_from_checkpoint never see it)
+        self.embed_proj: nn.Linear | None = None
+        if self.distill is not None and self.distill.embedding > 0:
+            if embedding_dim is None or not hasattr(net, "forward_features"):
+                raise ConfigError(
+                    "distill.embedding needs the teacher's embedding_dim and a student with "
+                    "forward_features / num_features (every registered model has them)"
+                )
+            self.embed_proj = nn.Linear(int(net.num_features), embedding_dim)
         # per validation recording and class: the location filter's factors (None: off)
         self.val_factors: torch.Tensor | None = None
         self.optim_cfg = optim
@@ -209,12 +223,13 @@ class BirdClassifier(L.LightningModule):
         smoothing = self.optim_cfg.label_smoothing
         if self.mixup_alpha > 0:
             logits, loss = self._mixup_step(batch, batch_idx)
-        elif self.distill is not None and len(batch) == 4:
+        elif self.distill is not None and len(batch) >= 4:
             from birdstack.training.distill import distillation_loss
 
-            logits = self(x)
+            logits, emb_loss = self._student(x, batch[4] if len(batch) > 4 else None)
             d = self.distill
             loss = distillation_loss(logits, y, batch[3], d.alpha, d.temperature, smoothing)
+            loss = loss + emb_loss
         else:
             logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
@@ -236,23 +251,44 @@ class BirdClassifier(L.LightningModule):
         )
         perm = perm.to(x.device)
         targets = one_hot_targets(y, len(self.class_names))
-        teacher = batch[3] if self.distill is not None and len(batch) == 4 else None
+        teacher = batch[3] if self.distill is not None and len(batch) >= 4 else None
+        k = len(self.class_names)
         if teacher is not None:  # mixed like the targets: one tensor, one pairing
             targets = torch.cat([targets, teacher.to(targets)], dim=1)
+            if len(batch) > 4:  # and the teacher's embeddings (distill.embedding)
+                targets = torch.cat([targets, batch[4].to(targets)], dim=1)
         x, targets = mixup(x, targets, lam, perm)
-        logits = self(x)
         smoothing = self.optim_cfg.label_smoothing
-        k = len(self.class_names)
         if teacher is None:
+            logits = self(x)
             return logits, soft_cross_entropy(logits, targets, smoothing)
         from birdstack.training.distill import distillation_loss
 
+        logits, emb_loss = self._student(x, targets[:, 2 * k :] if len(batch) > 4 else None)
         d = self.distill
         assert d is not None
         loss = distillation_loss(
-            logits, targets[:, :k], targets[:, k:], d.alpha, d.temperature, smoothing
+            logits, targets[:, :k], targets[:, k : 2 * k], d.alpha, d.temperature, smoothing
         )
-        return logits, loss
+        return logits, loss + emb_loss
+
+    def _student(
+        self, x: torch.Tensor, embedding: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits, and ``distill.embedding`` x the embedding term (0 without embeddings)."""
+        if embedding is None or self.embed_proj is None:
+            logits = self(x)
+            return logits, logits.new_zeros(())
+        from birdstack.training.distill import embedding_loss
+
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.net.forward_features(x)
+        logits = self.net.forward_head(feats)
+        assert self.distill is not None
+        term = self.distill.embedding * embedding_loss(self.embed_proj(feats), embedding)
+        self.log("train/embed_loss", term, on_step=False, on_epoch=True, batch_size=len(x))
+        return logits, term
 
     def on_train_epoch_end(self) -> None:
         if not self.multilabel:

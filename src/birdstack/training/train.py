@@ -291,7 +291,17 @@ def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
         distill=cfg.distill,
         task=cfg.task,
         augment=cfg.augment,
+        embedding_dim=embedding_dim(cfg),
     )
+
+
+def embedding_dim(cfg: Config) -> int | None:
+    """Size of the teacher embedding a student matches (``distill.embedding > 0``)."""
+    if not (cfg.distill.teacher and cfg.distill.embedding > 0):
+        return None
+    from birdstack.features.birdnet import EMBED_DIM
+
+    return EMBED_DIM
 
 
 def teacher_path(cfg: Config) -> str:
@@ -350,7 +360,7 @@ def distillation_inputs(
     m = prepared.kept
     paths = m.loc[m["fold"] != cfg.data.val_fold, "path"].astype(str).tolist()
     check_teacher_leakage(ckpt, m.loc[m["fold"] == cfg.data.val_fold, "path"].astype(str))
-    teacher = Teacher(ckpt, prepared.classes, root)
+    teacher = Teacher(ckpt, prepared.classes, root, embeddings=d.embedding > 0)
     unlabelled = None
     if d.unlabelled:
         files = unlabelled_files(d.unlabelled)
@@ -373,6 +383,10 @@ def distillation_inputs(
         paths += unlabelled["path"].tolist()
         log.info("distillation: %d unlabelled recording(s) added", len(unlabelled))
     tables = teacher.tables(paths, progress=cfg.trainer.progress)
+    if d.embedding > 0:
+        from birdstack.training.distill import standardize_embeddings
+
+        tables = standardize_embeddings(tables)
     return dict(zip(paths, tables)), unlabelled
 
 
