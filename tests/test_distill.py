@@ -214,7 +214,12 @@ def test_embedding_distillation_on_demo_data(demo_teacher, demo_dir, cache_dir, 
     from birdstack.features.birdnet import EMBED_DIM
     from birdstack.inference.predictor import Predictor
     from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
-    from birdstack.training.train import distillation_inputs, train
+    from birdstack.training.train import (
+        describe_training,
+        distillation_inputs,
+        resolve_config,
+        train,
+    )
 
     cfg = _student_cfg(
         demo_dir,
@@ -222,6 +227,9 @@ def test_embedding_distillation_on_demo_data(demo_teacher, demo_dir, cache_dir, 
         tmp_path / "student",
         str(demo_teacher.last_checkpoint),
         **{"distill.embedding": 1.0, "augment.mixup_alpha": 0.4},
+    )
+    assert "distilled (alpha 0.7, temperature 2, embedding 1)" in describe_training(
+        resolve_config(cfg)
     )
     prepared = prepare(cfg.data, cfg.preprocessing, progress=False)
     tables, _ = distillation_inputs(cfg, prepared)

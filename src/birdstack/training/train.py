@@ -411,6 +411,11 @@ def describe_training(cfg: Config) -> str:
     if o.label_smoothing:
         parts.append(f"label smoothing {o.label_smoothing:g}")
     parts.append(f"{cfg.trainer.epochs} epochs of batch {cfg.trainer.batch_size}")
+    d = cfg.distill
+    if d.teacher:
+        extra = f", embedding {d.embedding:g}" if d.embedding > 0 else ""
+        unl = f", {len(d.unlabelled)} unlabelled folder(s)" if d.unlabelled else ""
+        parts.append(f"distilled (alpha {d.alpha:g}, temperature {d.temperature:g}{extra}{unl})")
     aug = []
     if a.time_shift:
         aug.append(f"time shift {a.time_shift:g}")
