@@ -62,13 +62,14 @@ class TeacherTable:
     probs: np.ndarray  # [K]
     window_embeddings: np.ndarray | None = None  # [W, E] (distill.embedding), else None
 
-    def _rows(self, a: float, b: float) -> np.ndarray | int:
-        """The windows whose centres lie in ``[a, b]`` (a mask), else the nearest one."""
+    def _span_mean(self, values: np.ndarray, a: float, b: float) -> np.ndarray:
+        """Mean of ``values`` (one row per window) over the windows whose centres lie in
+        ``[a, b]``, else the nearest window's row."""
         centres = (self.starts_s + self.ends_s) / 2
         inside = (centres >= a) & (centres <= b)
         if inside.any():
-            return inside
-        return int(np.argmin(np.abs(centres - (a + b) / 2)))
+            return values[inside].mean(axis=0)
+        return values[int(np.argmin(np.abs(centres - (a + b) / 2)))]
 
     def span(self, a: float, b: float) -> np.ndarray:
         """Mean probabilities of the windows whose centres lie in ``[a, b]`` (else nearest).
@@ -80,28 +81,20 @@ class TeacherTable:
         """
         if len(self.starts_s) == 0:
             return self.probs
-        rows = self._rows(a, b)
-        return (
-            self.window_probs[rows].mean(axis=0)
-            if isinstance(rows, np.ndarray)
-            else (self.window_probs[rows])
-        )
+        return self._span_mean(self.window_probs, a, b)
 
-    def span_embedding(self, a: float, b: float) -> np.ndarray:
-        """Mean embedding of the same windows as :meth:`span` (whole recording: all)."""
+    def _embeddings(self) -> np.ndarray:
         if self.window_embeddings is None:
             raise ValueError("this teacher table holds no embeddings")
-        e = self.window_embeddings
-        rows = self._rows(a, b) if len(self.starts_s) else np.ones(len(e), dtype=bool)
-        if isinstance(rows, np.ndarray):
-            return e[rows].astype(np.float32).mean(axis=0)
-        return e[rows].astype(np.float32)
+        return self.window_embeddings
+
+    def span_embedding(self, a: float, b: float) -> np.ndarray:
+        """Mean embedding of the same windows as :meth:`span`."""
+        return self._span_mean(self._embeddings(), a, b)
 
     def embedding(self) -> np.ndarray:
         """The whole recording's mean embedding (``stacked`` / ``pooled`` students)."""
-        if self.window_embeddings is None:
-            raise ValueError("this teacher table holds no embeddings")
-        return self.window_embeddings.astype(np.float32).mean(axis=0)
+        return self._embeddings().mean(axis=0)
 
 
 def _npz_bytes(table: TeacherTable) -> bytes:

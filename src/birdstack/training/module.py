@@ -188,10 +188,12 @@ class BirdClassifier(L.LightningModule):
         # (values, not strides, are what load_state_dict copies).
         self.net.to(memory_format=torch.channels_last)
 
+    @staticmethod
+    def _layout(x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self._layout(x))
 
     def on_train_epoch_start(self) -> None:
         # Randomness inside an epoch (dropout, augmentation) depends only on seed and epoch,
@@ -281,9 +283,7 @@ class BirdClassifier(L.LightningModule):
             return logits, logits.new_zeros(())
         from birdstack.training.distill import embedding_loss
 
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.net.forward_features(x)
+        feats = self.net.forward_features(self._layout(x))
         logits = self.net.forward_head(feats)
         assert self.distill is not None
         term = self.distill.embedding * embedding_loss(self.embed_proj(feats), embedding)
