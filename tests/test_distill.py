@@ -57,6 +57,12 @@ def test_unlabelled_folder_errors(tmp_path: Path) -> None:
         unlabelled_files([str(tmp_path / "empty")])
     with pytest.raises(ConfigError, match="needs distill.teacher"):
         Config.from_dict({"distill": {"unlabelled": [str(tmp_path)]}})
+    with pytest.raises(ConfigError, match="needs distill.unlabelled"):
+        Config.from_dict({"distill": {"teacher": "t.ckpt", "unlabelled_share": 0.5}})
+    with pytest.raises(ConfigError, match=r"must be in \(0, 1\)"):
+        Config.from_dict(
+            {"distill": {"teacher": "t.ckpt", "unlabelled": ["x"], "unlabelled_share": 1.0}}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +123,29 @@ def test_distilled_student_on_demo_data(demo_teacher, demo_dir, cache_dir, tmp_p
     assert soft.shape == (len(prepared.classes),) and float(soft.sum()) == pytest.approx(1, 1e-5)
     labels = [dm.train_set[i][1] for i in range(len(dm.train_set))]
     assert labels.count(-1) == 2  # the unlabelled clips: one crop each
+    # class-balanced sampling draws the unlabelled clips together as often as one class;
+    # distill.unlabelled_share gives them a share of the draws of their own
+    item_labels = np.array(labels)
+    for share, sampling, expected in (
+        (None, "class_balanced", 1 / (len(set(labels)))),
+        (0.5, "class_balanced", 0.5),
+        (0.25, "shuffle", 0.25),
+    ):
+        dm_s = BirdDataModule(
+            prepared,
+            teacher=tables,
+            unlabelled=unlabelled,
+            batch_size=8,
+            sampling=sampling,
+            unlabelled_share=share,
+        )
+        sampler = dm_s.train_dataloader().sampler
+        assert len(sampler) == len(dm_s.train_set)  # the epoch keeps its length
+        drawn = []
+        for epoch in range(200):
+            sampler.set_epoch(epoch)
+            drawn += [item_labels[i] for i, *_ in sampler]
+        assert np.mean(np.array(drawn) == -1) == pytest.approx(expected, abs=0.04)
     # the teacher's scores are cached by audio content and teacher
     teacher_dir = next(Path(cache_dir).glob("teacher-*"))
     assert len(list(teacher_dir.rglob("*.npz"))) >= len(tables) - 1

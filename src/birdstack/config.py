@@ -581,6 +581,11 @@ class DistillConfig:
     training windows). The embedding says far more about a window than a few class
     scores, on the unlabelled audio above all. The projection is not part of the
     student's network: ``predict`` and ``export`` never see it.
+    ``unlabelled_share`` (with ``unlabelled``; single-process training): the share of each
+    epoch's training draws that come from the unlabelled audio, drawn with replacement
+    (the epoch keeps its length). ``None``: the unlabelled windows are items like the
+    labelled ones, so with ``data.sampling=class_balanced`` they are drawn together as
+    often as one class (1 / (classes + 1) of the draws).
     """
 
     teacher: str | None = None
@@ -588,6 +593,7 @@ class DistillConfig:
     temperature: float = 2.0
     unlabelled: tuple[str, ...] = ()
     embedding: float = 0.0
+    unlabelled_share: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.alpha <= 1:
@@ -600,6 +606,15 @@ class DistillConfig:
             raise ConfigError(f"distill.embedding={self.embedding} must be >= 0")
         if self.embedding > 0 and not self.teacher:
             raise ConfigError("distill.embedding needs distill.teacher (--teacher CKPT)")
+        if self.unlabelled_share is not None:
+            if not 0 < self.unlabelled_share < 1:
+                raise ConfigError(
+                    f"distill.unlabelled_share={self.unlabelled_share} must be in (0, 1)"
+                )
+            if not self.unlabelled:
+                raise ConfigError(
+                    "distill.unlabelled_share needs distill.unlabelled (--unlabelled DIR ...)"
+                )
 
 
 TASKS = ("multiclass", "multilabel")

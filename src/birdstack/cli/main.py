@@ -221,6 +221,12 @@ TRAIN_OPTS = [
         float,
         "with a BirdNET teacher: weight of matching its 1024-d embedding (0: off)",
     ),
+    Opt(
+        "--unlabelled-share",
+        "distill.unlabelled_share",
+        float,
+        "with --unlabelled: share of each epoch's draws from the unlabelled audio (e.g. 0.5)",
+    ),
     Opt("--loss", "task.loss", str, "multilabel: bce | focal"),
     Opt(
         "--secondary-weight",

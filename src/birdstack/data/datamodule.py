@@ -249,6 +249,37 @@ class BirdDataset(Dataset):
         return np.array([i for i, _ in self.items], dtype=np.int64)
 
 
+def draw_weights(
+    labels: np.ndarray, class_balanced: bool, unlabelled_share: float | None = None
+) -> np.ndarray:
+    """Each training item's weight in an epoch's draws (``labels``: -1 = unlabelled audio).
+
+    ``class_balanced``: an item weighs 1 / (count of its label), so every label, and the
+    unlabelled audio as a whole, is drawn as often; else every item weighs the same.
+    ``unlabelled_share`` (``distill.unlabelled_share``): the unlabelled items together get
+    that share of the draws (each the same), the labelled ones the rest, weighted as above.
+
+    >>> draw_weights(np.array([0, 0, 1, -1]), class_balanced=True).round(3).tolist()
+    [0.5, 0.5, 1.0, 1.0]
+    >>> draw_weights(np.array([0, 0, 1, -1]), False, unlabelled_share=0.5).round(3).tolist()
+    [0.167, 0.167, 0.167, 0.5]
+    """
+    labels = np.asarray(labels)
+    if class_balanced:
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        w = 1.0 / counts[inverse]
+    else:
+        w = np.ones(len(labels))
+    if unlabelled_share is not None:
+        unl = labels < 0
+        if not unl.any() or unl.all():
+            raise ValueError("unlabelled_share needs labelled and unlabelled items")
+        w = w.astype(np.float64)
+        w[~unl] *= (1.0 - unlabelled_share) / w[~unl].sum()
+        w[unl] = unlabelled_share / unl.sum()
+    return w
+
+
 class EpochSeededSampler(Sampler):
     """Random order that depends only on ``seed`` and the epoch (so resumed runs match).
 
@@ -265,6 +296,7 @@ class EpochSeededSampler(Sampler):
     draws ``n`` indices with replacement, index ``i`` with weight 1 / (count of
     ``labels[i]``), from ``(seed, epoch)`` alone. With ``with_epoch`` it then yields
     ``(index, epoch, draw)``, ``draw`` counting earlier servings of the index in the epoch.
+    ``weights``: the draw weight of every item, given outright (see :func:`draw_weights`).
     """
 
     def __init__(
@@ -273,15 +305,18 @@ class EpochSeededSampler(Sampler):
         seed: int,
         with_epoch: bool = False,
         labels: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
     ) -> None:
         self.n, self.seed, self.epoch, self.with_epoch = n, seed, 0, with_epoch
         self.weights: torch.Tensor | None = None
+        if labels is not None and weights is not None:
+            raise ValueError("give labels or weights, not both")
         if labels is not None:
-            labels = np.asarray(labels)
-            if len(labels) != n:
-                raise ValueError("one label per item is needed")
-            _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-            self.weights = torch.as_tensor(1.0 / counts[inverse], dtype=torch.float64)
+            weights = draw_weights(np.asarray(labels), class_balanced=True)
+        if weights is not None:
+            if len(weights) != n:
+                raise ValueError("one label (or weight) per item is needed")
+            self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -322,12 +357,15 @@ class BirdDataModule(L.LightningDataModule):
         task: TaskConfig | None = None,
         augment: TrainAugment | None = None,
         sampling: str = "shuffle",
+        unlabelled_share: float | None = None,
     ) -> None:
         """``teacher``: recording path -> TeacherTable (distillation; the training items
         then carry the teacher's scores). ``unlabelled``: extra training records
         (``cache_file``, ``frames``, ``path``; ``label_idx`` -1) trained on those alone.
         ``augment``: the training set's item augmentations (never the validation set's).
-        ``sampling``: ``shuffle`` or ``class_balanced`` (``data.sampling``)."""
+        ``sampling``: ``shuffle`` or ``class_balanced`` (``data.sampling``).
+        ``unlabelled_share``: the share of each epoch's draws served from ``unlabelled``
+        (``distill.unlabelled_share``; :func:`draw_weights`)."""
         super().__init__()
         self.prepared = prepared
         self.val_fold = val_fold
@@ -335,6 +373,8 @@ class BirdDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.sampling = sampling
+        has_unlabelled = unlabelled is not None and len(unlabelled) > 0
+        self.unlabelled_share = unlabelled_share if has_unlabelled else None
         m = prepared.kept
         self.train_records = m[m["fold"] != val_fold].reset_index(drop=True)
         if unlabelled is not None and len(unlabelled):
@@ -371,11 +411,14 @@ class BirdDataModule(L.LightningDataModule):
     def _loader(self, ds: BirdDataset, train: bool) -> DataLoader:
         sampler = None
         if train and not (self.trainer is not None and self.trainer.world_size > 1):
-            labels = None
-            if self.sampling == "class_balanced":  # weights 1 / class count, per item
-                labels = ds.labels[ds.item_recordings]
+            weights = None
+            balanced = self.sampling == "class_balanced"  # weights 1 / class count, per item
+            if balanced or self.unlabelled_share is not None:
+                weights = draw_weights(
+                    ds.labels[ds.item_recordings], balanced, self.unlabelled_share
+                )
             sampler = EpochSeededSampler(
-                len(ds), self.seed, with_epoch=ds.draws_per_epoch, labels=labels
+                len(ds), self.seed, with_epoch=ds.draws_per_epoch, weights=weights
             )
         return DataLoader(
             ds,

@@ -415,6 +415,8 @@ def describe_training(cfg: Config) -> str:
     if d.teacher:
         extra = f", embedding {d.embedding:g}" if d.embedding > 0 else ""
         unl = f", {len(d.unlabelled)} unlabelled folder(s)" if d.unlabelled else ""
+        if d.unlabelled and d.unlabelled_share is not None:
+            unl += f" at {d.unlabelled_share:.0%} of the draws"
         parts.append(f"distilled (alpha {d.alpha:g}, temperature {d.temperature:g}{extra}{unl})")
     aug = []
     if a.time_shift:
@@ -576,6 +578,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         task=cfg.task,
         augment=train_augment(cfg, prepared),
         sampling=cfg.data.sampling,
+        unlabelled_share=cfg.distill.unlabelled_share,
     )
     if len(dm.train_set) == 0 or len(dm.val_set) == 0:
         raise ConfigError(
