@@ -145,12 +145,14 @@ def test_same_seed_same_metrics(demo_dir, cache_dir, tmp_path):
     pd.testing.assert_frame_equal(a.history[cols], b.history[cols])
 
 
-@pytest.mark.parametrize("precise_bn", [False, True])
-def test_resume_continues_to_the_same_result(demo_dir, cache_dir, tmp_path, precise_bn):
+@pytest.mark.parametrize(("precise_bn", "ema"), [(False, None), (True, None), (True, 0.9)])
+def test_resume_continues_to_the_same_result(demo_dir, cache_dir, tmp_path, precise_bn, ema):
     # the resumed run is given more epochs than it started with, so a schedule computed from
     # the epochs (the default warm-up + cosine) would differ by design: a constant rate here;
     # a killed run resumed with its own epochs and schedule is test_kill_resume's
+    # (with trainer.ema_decay the checkpoint carries the average and the training weights)
     over = {"trainer.epochs": 3, "trainer.precise_bn": precise_bn, "optim.scheduler": "none"}
+    over["trainer.ema_decay"] = ema
     full = train(_cfg(demo_dir, cache_dir, tmp_path / "full", **over))
     part = _cfg(demo_dir, cache_dir, tmp_path / "part", **{**over, "trainer.epochs": 1})
     train(part)
@@ -207,6 +209,43 @@ def test_precise_bn_holds_the_statistics_of_the_training_inputs(
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(net.eval()(xv), yv).item()
     assert loss == pytest.approx(result.history["val/loss"].iloc[0], rel=1e-4)
+
+
+def test_ema_weights_are_validated_saved_and_deployed(demo_dir, cache_dir, tmp_path):
+    # trainer.ema_decay: the checkpoint's weights are the moving average, not the training
+    # weights (kept beside them for --resume); validation scored the average, with BatchNorm
+    # statistics recomputed for it (precise BN after the swap), and predict loads it
+    over = {"trainer.epochs": 3, "trainer.batch_size": 64, "trainer.ema_decay": 0.9}
+    over["augment.specaugment"] = False
+    result = train(_cfg(demo_dir, cache_dir, tmp_path / "run", **over))
+    ckpt = load_checkpoint(result.last_checkpoint)
+    avg, current = ckpt["state_dict"], ckpt["current_model_state"]
+    assert avg.keys() == current.keys()
+    w = "net.backbone.features.0.0.weight"
+    assert not torch.allclose(avg[w], current[w])
+    net, info = build_model_from_checkpoint(ckpt)
+    assert torch.equal(net.backbone.features[0][0].weight, avg[w])
+    m = pd.read_csv(tmp_path / "run" / "data" / "manifest.csv")
+    rows = m[~m["dropped"] & (m["fold"] != 0)]
+    ds = BirdDataset(rows, info.preprocessing)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    conv, bn = net.backbone.features[0][0], net.backbone.features[0][1]
+    with torch.no_grad():
+        z = conv(x)
+    torch.testing.assert_close(bn.running_mean, z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    val = m[~m["dropped"] & (m["fold"] == 0)]
+    vs = BirdDataset(val, info.preprocessing)
+    xv = torch.stack([vs[i][0] for i in range(len(vs))])
+    yv = torch.tensor([vs[i][1] for i in range(len(vs))])
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(net.eval()(xv), yv).item()
+    assert loss == pytest.approx(result.history["val/loss"].iloc[-1], rel=1e-4)
+    from birdstack.inference.predictor import Predictor
+
+    pred = Predictor.from_checkpoint(result.last_checkpoint, threads=1)
+    assert pred.predict(val["path"].iloc[0]).probs.shape == (len(info.classes),)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        _cfg(demo_dir, cache_dir, tmp_path / "bad", **{"trainer.ema_decay": 1.0})
 
 
 def test_unknown_model_and_optimizer_fail_before_work(demo_dir, cache_dir, tmp_path):

@@ -551,6 +551,9 @@ class TrainerConfig:
     # on by default: with few steps per epoch the averages lag and the network predicts
     # one class for many epochs (the study's runs set it false explicitly)
     precise_bn: bool = True
+    # an exponential moving average of the weights (per optimizer step, warmed up as in
+    # timm) is what validation scores and checkpoints hold; None: the weights themselves
+    ema_decay: float | None = None
     num_workers: int = 0
     deterministic: bool = True
     progress: bool = True
@@ -561,6 +564,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.epochs={self.epochs} must be >= 1")
         if self.batch_size < 1:
             raise ConfigError(f"trainer.batch_size={self.batch_size} must be >= 1")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"trainer.ema_decay={self.ema_decay} must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,12 @@ TRAIN_OPTS = [
         "store_const",
         False,
     ),
+    Opt(
+        "--ema-decay",
+        "trainer.ema_decay",
+        float,
+        "validate, save and deploy an exponential moving average of the weights (e.g. 0.998)",
+    ),
     Opt("--out", "out_dir", str, "run folder"),
 ]
 

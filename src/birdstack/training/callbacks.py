@@ -1,7 +1,8 @@
 """Lightning callbacks that birdstack's ``train(config)`` adds on request.
 
->>> from birdstack.training.callbacks import PreciseBatchNorm, progress_callback
+>>> from birdstack.training.callbacks import EMAWeights, PreciseBatchNorm, progress_callback
 >>> cb = PreciseBatchNorm()        # train(config) adds it when trainer.precise_bn is set
+>>> ema = EMAWeights(0.998)        # this when trainer.ema_decay is set
 >>> bar = progress_callback()      # and this when trainer.progress is set
 """
 
@@ -12,7 +13,8 @@ import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar, WeightAveraging
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
@@ -44,6 +46,38 @@ class PreciseBatchNorm(L.Callback):
         loader = datamodule.stats_dataloader(epoch=trainer.current_epoch)
         # a network without BatchNorm returns before the first batch; train/eval mode is restored
         update_bn(loader, net, device=pl_module.device)
+
+
+class EMAWeights(WeightAveraging):
+    """An exponential moving average of the weights, validated, saved and deployed.
+
+    Lightning's :class:`~lightning.pytorch.callbacks.WeightAveraging` keeps an
+    :class:`~torch.optim.swa_utils.AveragedModel` updated after every optimizer step,
+    swaps it in for validation (so the recording-level figures, ``best.ckpt``'s choice
+    and early stopping see the average) and writes it as the checkpoint's
+    ``state_dict``, the weights ``evaluate``, ``predict`` and ``export`` load; the
+    training weights travel beside it (``current_model_state``), so ``--resume`` goes
+    on exactly. The decay warms up as in timm's ``ModelEmaV3``:
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run (or the
+    first epochs) averages recent weights rather than its random start. BatchNorm
+    statistics are averaged too; with :class:`PreciseBatchNorm` (placed after this
+    callback) they are recomputed for the averaged weights before every validation.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay {decay} must be in (0, 1)")
+        self.decay = decay
+        super().__init__(avg_fn=self._ema)
+
+    def _ema(
+        self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor | int
+    ) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(self.decay, (1.0 + n) / (10.0 + n))
+        if not averaged.is_floating_point():  # BatchNorm's num_batches_tracked
+            return current
+        return averaged * d + current * (1.0 - d)
 
 
 class EpochLines(ProgressBar):

@@ -48,7 +48,7 @@ from birdstack.data.datamodule import BirdDataModule
 from birdstack.data.prepare import PreparedData, prepare
 from birdstack.features.taxonomy import ClassMapping
 from birdstack.models import create_model_from_config
-from birdstack.training.callbacks import PreciseBatchNorm, progress_callback
+from birdstack.training.callbacks import EMAWeights, PreciseBatchNorm, progress_callback
 from birdstack.training.checkpoint import AtomicCheckpointIO, load_checkpoint
 from birdstack.training.module import OPTIMIZERS, BirdClassifier
 from birdstack.utils import (
@@ -411,6 +411,8 @@ def describe_training(cfg: Config) -> str:
     if o.label_smoothing:
         parts.append(f"label smoothing {o.label_smoothing:g}")
     parts.append(f"{cfg.trainer.epochs} epochs of batch {cfg.trainer.batch_size}")
+    if cfg.trainer.ema_decay is not None:
+        parts.append(f"weights averaged (EMA {cfg.trainer.ema_decay:g})")
     d = cfg.distill
     if d.teacher:
         extra = f", embedding {d.embedding:g}" if d.embedding > 0 else ""
@@ -625,6 +627,9 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         callbacks.append(
             EarlyStopping(monitor=monitor, mode="max", patience=cfg.trainer.early_stopping_patience)
         )
+    if cfg.trainer.ema_decay is not None and trainable:
+        # before precise BN: its statistics are then those of the averaged weights
+        callbacks.append(EMAWeights(cfg.trainer.ema_decay))
     if cfg.trainer.precise_bn:
         callbacks.append(PreciseBatchNorm())
     if cfg.trainer.progress:
