@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -173,6 +174,25 @@ def test_resume_continues_to_the_same_result(demo_dir, cache_dir, tmp_path, prec
     )
 
 
+def _stem_and_val_loss(net, info, run_dir: Path) -> tuple[torch.Tensor, Any, float]:
+    """A rebuilt network's stem outputs on fold 0's training inputs (plain: no
+    augmentation), its first BatchNorm, and its loss on the validation recordings."""
+    m = pd.read_csv(run_dir / "data" / "manifest.csv")
+    rows = m[~m["dropped"] & (m["fold"] != 0)]
+    assert 20 <= len(rows) <= 64
+    ds = BirdDataset(rows, info.preprocessing)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    conv, bn = net.backbone.features[0][0], net.backbone.features[0][1]
+    val = m[~m["dropped"] & (m["fold"] == 0)]
+    vs = BirdDataset(val, info.preprocessing)
+    xv = torch.stack([vs[i][0] for i in range(len(vs))])
+    yv = torch.tensor([vs[i][1] for i in range(len(vs))])
+    with torch.no_grad():
+        z = conv(x)
+        loss = torch.nn.functional.cross_entropy(net.eval()(xv), yv).item()
+    return z, bn, loss
+
+
 @pytest.mark.parametrize("precise", [True, False])
 def test_precise_bn_holds_the_statistics_of_the_training_inputs(
     demo_dir, cache_dir, tmp_path, precise
@@ -186,14 +206,7 @@ def test_precise_bn_holds_the_statistics_of_the_training_inputs(
     over["augment.specaugment"] = False
     result = train(_cfg(demo_dir, cache_dir, tmp_path / "run", **over))
     net, info = build_model_from_checkpoint(load_checkpoint(result.last_checkpoint))
-    m = pd.read_csv(tmp_path / "run" / "data" / "manifest.csv")
-    rows = m[~m["dropped"] & (m["fold"] != 0)]
-    assert 20 <= len(rows) <= 64
-    ds = BirdDataset(rows, info.preprocessing)
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
-    conv, bn = net.backbone.features[0][0], net.backbone.features[0][1]
-    with torch.no_grad():
-        z = conv(x)
+    z, bn, loss = _stem_and_val_loss(net, info, tmp_path / "run")
     mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=True)
     matches = torch.allclose(bn.running_mean, mean, rtol=1e-4, atol=1e-5) and torch.allclose(
         bn.running_var, var, rtol=1e-3, atol=1e-5
@@ -202,12 +215,6 @@ def test_precise_bn_holds_the_statistics_of_the_training_inputs(
     # the epoch's validation ran with the statistics the checkpoint holds (recomputed
     # before validation, not after): its loss is the rebuilt network's loss on the
     # validation recordings (one batch)
-    val = m[~m["dropped"] & (m["fold"] == 0)]
-    vs = BirdDataset(val, info.preprocessing)
-    xv = torch.stack([vs[i][0] for i in range(len(vs))])
-    yv = torch.tensor([vs[i][1] for i in range(len(vs))])
-    with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(net.eval()(xv), yv).item()
     assert loss == pytest.approx(result.history["val/loss"].iloc[0], rel=1e-4)
 
 
@@ -225,25 +232,14 @@ def test_ema_weights_are_validated_saved_and_deployed(demo_dir, cache_dir, tmp_p
     assert not torch.allclose(avg[w], current[w])
     net, info = build_model_from_checkpoint(ckpt)
     assert torch.equal(net.backbone.features[0][0].weight, avg[w])
-    m = pd.read_csv(tmp_path / "run" / "data" / "manifest.csv")
-    rows = m[~m["dropped"] & (m["fold"] != 0)]
-    ds = BirdDataset(rows, info.preprocessing)
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
-    conv, bn = net.backbone.features[0][0], net.backbone.features[0][1]
-    with torch.no_grad():
-        z = conv(x)
+    z, bn, loss = _stem_and_val_loss(net, info, tmp_path / "run")
     torch.testing.assert_close(bn.running_mean, z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
-    val = m[~m["dropped"] & (m["fold"] == 0)]
-    vs = BirdDataset(val, info.preprocessing)
-    xv = torch.stack([vs[i][0] for i in range(len(vs))])
-    yv = torch.tensor([vs[i][1] for i in range(len(vs))])
-    with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(net.eval()(xv), yv).item()
     assert loss == pytest.approx(result.history["val/loss"].iloc[-1], rel=1e-4)
     from birdstack.inference.predictor import Predictor
 
     pred = Predictor.from_checkpoint(result.last_checkpoint, threads=1)
-    assert pred.predict(val["path"].iloc[0]).probs.shape == (len(info.classes),)
+    first = sorted(demo_dir.glob("train_audio/*/*.ogg"))[0]
+    assert pred.predict(first).probs.shape == (len(info.classes),)
     with pytest.raises(ConfigError, match="ema_decay"):
         _cfg(demo_dir, cache_dir, tmp_path / "bad", **{"trainer.ema_decay": 1.0})
 
