@@ -377,7 +377,8 @@ class BirdDataModule(L.LightningDataModule):
         self.unlabelled_share = unlabelled_share if has_unlabelled else None
         m = prepared.kept
         self.train_records = m[m["fold"] != val_fold].reset_index(drop=True)
-        if unlabelled is not None and len(unlabelled):
+        if has_unlabelled:
+            assert unlabelled is not None
             extra = unlabelled.assign(label_idx=-1)
             self.train_records = pd.concat([self.train_records, extra], ignore_index=True)
         self.val_records = m[m["fold"] == val_fold].reset_index(drop=True)

@@ -68,16 +68,21 @@ class EMAWeights(WeightAveraging):
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay {decay} must be in (0, 1)")
         self.decay = decay
-        super().__init__(avg_fn=self._ema)
+        super().__init__(multi_avg_fn=self._ema)
 
     def _ema(
-        self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor | int
-    ) -> torch.Tensor:
-        n = float(num_averaged)
+        self,
+        averaged: list[torch.Tensor],
+        current: list[torch.Tensor],
+        num_averaged: torch.Tensor,
+    ) -> None:
+        """One update of a group of tensors (one device and dtype), in place."""
+        if not averaged[0].is_floating_point():  # BatchNorm's num_batches_tracked
+            torch._foreach_copy_(averaged, current)
+            return
+        n = float(num_averaged)  # one host read per group, not per tensor
         d = min(self.decay, (1.0 + n) / (10.0 + n))
-        if not averaged.is_floating_point():  # BatchNorm's num_batches_tracked
-            return current
-        return averaged * d + current * (1.0 - d)
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
 
 
 class EpochLines(ProgressBar):
