@@ -120,6 +120,14 @@ def test_last_epoch_rule_reads_the_final_row():
     assert experiment_from_dict({"compare": {"epoch": "last"}}).epoch == "last"
 
 
+def test_a_single_label_run_in_a_multilabel_sweep_reports_its_accuracy_as_top1():
+    ml = choose_metrics(["pooled"], epoch="last", multilabel=True)
+    row = read_run_metrics(FIXTURE / "a__fold0__seed0", ml.acc, ml.f1, ml.loss, "last")
+    last = pd.read_csv(FIXTURE / "a__fold0__seed0" / "metrics.csv").iloc[-1]
+    assert row["acc"] == pytest.approx(float(last["val/rec_acc"]))
+    assert math.isnan(row["f1_macro"])  # no cmAP for a softmax run: left empty, not made up
+
+
 def test_best_epoch_is_the_training_rule_even_for_runs_of_an_older_rule(tmp_path, caplog):
     run = tmp_path / "r__fold0__seed0"
     shutil.copytree(FIXTURE / "a__fold0__seed0", run)

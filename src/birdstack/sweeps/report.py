@@ -128,7 +128,8 @@ MULTILABEL_METRICS = MetricChoice(
     "val/rec_cmap",
     "val/loss",
     "per recording or clip: window scores pooled by max; open-set = share of negative clips "
-    "with a species above its threshold; loss per model input",
+    "with a species above its threshold; loss per model input; a single-label run's top-1 "
+    "is its recording accuracy, `val/rec_acc`",
     acc_name="top-1",
     f1_name="cmAP",
     extra=(
@@ -138,6 +139,11 @@ MULTILABEL_METRICS = MetricChoice(
     ),
     rule="val/rec_cmap",
 )
+
+
+# A single-label run in a multi-label sweep logs no top-1: its recording accuracy is that
+# figure (the best-scored species is the recording's label).
+SINGLE_LABEL_EQUIVALENT = {"val/rec_top1": "val/rec_acc"}
 
 
 def choose_metrics(
@@ -235,7 +241,9 @@ def read_run_metrics(
         status="done",
         error="",
         best_epoch=best_epoch + 1,
-        acc=float(figures.get(acc_key, math.nan)),
+        acc=float(
+            figures.get(acc_key, figures.get(SINGLE_LABEL_EQUIVALENT.get(acc_key), math.nan))
+        ),
         f1_macro=float(figures.get(f1_key, math.nan)),
         loss=float(figures.get(loss_key, math.nan)),
         n_params=int(res.get("n_params", 0)),
