@@ -327,7 +327,7 @@ def test_evaluate_scores_windows_clips_and_the_open_set(ml_run, soundscape_root,
 
 
 def test_predict_reports_every_species_above_its_stored_threshold(
-    ml_run, soundscape_root, tmp_path, caplog
+    ml_run, soundscape_root, tmp_path, caplog, capsys
 ):
     from birdstack.cli.main import build_parser
 
@@ -350,11 +350,41 @@ def test_predict_reports_every_species_above_its_stored_threshold(
     # a multi-label model can report nothing, so predict does not warn that it cannot
     assert not any("single-label model" in m for m in messages)
     det = pd.read_csv(out / "detections.csv")
+    # the summary counts what the files hold
+    assert f"{len(det)} detection(s) in 1 of 1 recording(s)" in capsys.readouterr().out
     per_window = det.groupby("start_s")["species"].apply(set)
     assert len(per_window) == 4  # 10 s in 2.5 s windows
     assert all(classes[0] in s and classes[1] not in s for s in per_window)
     conf = det[det["species"] == classes[2]]["confidence"]
     assert (conf >= 0.5).all()
+
+
+def test_field_false_detections_script_counts_what_predict_reports(ml_run, soundscape_root):
+    """scripts/field_false_detections.py: files the run trained on are left out, and a file
+    counts when some window has a species at or above its threshold and predict's 0.1
+    floor (the soundscapes stand in for a field folder: half of them trained the run)."""
+    import importlib.util
+
+    from birdstack.features.audio import find_audio_files
+    from birdstack.inference.predictor import Predictor
+
+    path = Path(__file__).parents[1] / "scripts" / "field_false_detections.py"
+    spec = importlib.util.spec_from_file_location("field_false_detections", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    field = soundscape_root / "scapes" / "audio"
+    (row,) = mod.score_run(ml_run.run_dir, {"neg": field}, [0.5])  # one rule: thresholds
+    man = pd.read_csv(ml_run.run_dir / "data" / "manifest.csv")
+    trained = {str(Path(p).resolve()) for p in man.loc[man["split"] == "train", "path"]}
+    held_out = [f for f in find_audio_files(field) if str(f.resolve()) not in trained]
+    assert 0 < row["neg: files"] == len(held_out) < len(find_audio_files(field))
+    p = Predictor.from_checkpoint(ml_run.run_dir / "checkpoints" / "last.ckpt")
+    floor = np.maximum(np.asarray(p.thresholds), 0.1)
+    hit = [bool((p.predict(f).window_probs >= floor).any()) for f in held_out]
+    assert row["neg: files with a detection"] == pytest.approx(np.mean(hit))
+    assert row["fold"] == 0 and row["variant"] == ml_run.run_dir.name
 
 
 def test_onnx_export_keeps_thresholds_and_sigmoid(ml_run, tmp_path):

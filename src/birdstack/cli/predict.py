@@ -326,11 +326,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         )
     if predictor.thresholds is None:  # softmax: some species wins every window
-        log.info(
+        log.warning(
             "single-label model: every window is given one of its %d species, even where "
-            "none of them sings (no confidence threshold separates that for the CNNs: "
-            "docs/results/open_set_single_label); for field audio train --task multilabel "
-            "--negatives DIR",
+            "none of them sings (the README's BirdNET head named one on 100%% of NIPS4B "
+            "clips of other species, and on 25%% at --min-confidence 0.9: "
+            "docs/results/birdnet_field_top6); for field audio train a detector with "
+            "--task multilabel --negatives DIR",
             len(predictor.classes),
         )
     location = _location(args)
@@ -451,6 +452,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(
         f"predicted {n_done} recording(s), {n_resumed} already done, {len(skips)} skipped; "
         f"{where}outputs in {args.out}"
+    )
+    records = [writer.load(f.key) for f in inputs if writer.part_path(f.key).is_file()]
+    with_det = sum(bool(r["detections"]) for r in records)
+    print(
+        f"{sum(len(r['detections']) for r in records)} detection(s) in {with_det} of "
+        f"{len(records)} recording(s)"
+        + ("" if predictor.thresholds is None else " (species at or above their thresholds)")
     )
     for w in written:
         print(f"  {w}")

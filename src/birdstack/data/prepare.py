@@ -206,7 +206,9 @@ def prepare(
     multilabel = task is not None and task.multilabel
     if data.negatives and not multilabel:
         raise ConfigError(
-            "data.negatives (clips with no target species) needs task.kind=multilabel"
+            "data.negatives (clips with no target species) needs task.kind=multilabel: a "
+            "single-label model names one of its species in every window; add --task "
+            "multilabel to train a detector that can report none"
         )
     meta = load_metadata(data.path)
     if multilabel and data.negatives:

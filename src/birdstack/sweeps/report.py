@@ -326,10 +326,20 @@ PAIRED_COLUMNS = [
 
 
 def _paired(a: pd.Series, b: pd.Series) -> dict[str, float]:
-    """Mean of ``a - b``, its std, 95 % t-interval, paired t-test p-value, wins, losses."""
+    """Mean of ``a - b``, its std, 95 % t-interval, paired t-test p-value, wins, losses,
+    over the pairs where both have the figure (a softmax run has no cmAP: no pair).
+
+    >>> r = _paired(pd.Series([0.5, 0.7, 0.9]), pd.Series([float("nan"), 0.6, 0.8]))
+    >>> round(r["diff"], 3), math.isnan(r["p"])
+    (0.1, False)
+    >>> math.isnan(_paired(pd.Series([0.5, 0.7]), pd.Series([float("nan")] * 2))["p"])
+    True
+    """
     from scipy import stats
 
-    d = (a - b).astype(float).to_numpy()
+    keep = (a.notna() & b.notna()).to_numpy()
+    a, b = a[keep].astype(float), b[keep].astype(float)
+    d = (a - b).to_numpy()
     n = len(d)
     out = {"diff": float(d.mean()) if n else math.nan}
     out["wins"], out["losses"] = int((d > 0).sum()), int((d < 0).sum())

@@ -1,0 +1,150 @@
+"""What a trained model reports on field audio that holds none of its species.
+
+For each run folder (a ``birdstack sweep`` run, or any run with ``data/manifest.csv`` and
+``checkpoints/last.ckpt``), through ``Predictor`` with ``predict``'s own window table and
+output rules (top-3 per window at ``--min-confidence 0.1``; a multi-label checkpoint:
+every species at or above its stored threshold):
+
+* **focal**: the run's validation recordings of its species (held-out sessions): the share
+  whose own species is among the detections, and the share with a detection of another;
+* each ``--field NAME=DIR``: audio without any of the run's species (e.g. NIPS4B
+  soundscapes of other species, bird-free clips): the share of files with any detection.
+  Files the run trained on (its manifest's training rows, e.g. ``data.negatives``) are
+  left out of the group.
+
+Single-label checkpoints are also scored at stricter ``--min-confidence`` values
+(``--strict``), the threshold a user would try first::
+
+    python scripts/field_false_detections.py outputs/sweeps/birdnet_field_top6/runs/* \\
+        --field nips4b=../shared/data/soundscapes/audio \\
+        --field bird-free=../shared/data/noise/audio \\
+        --out docs/results/birdnet_field_top6
+
+Writes ``per_run.csv`` (one row per run and setting) and ``summary.md`` (mean ± std over
+the runs of each variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from birdstack.features.audio import find_audio_files
+from birdstack.inference.predictor import Predictor
+from birdstack.inference.writers import OutputOptions
+
+
+def settings(predictor: Predictor, strict: list[float]) -> dict[str, OutputOptions]:
+    """The output rules to score: ``predict``'s defaults, plus stricter floors (single-label)."""
+    if predictor.thresholds is not None:
+        th = tuple(float(t) for t in predictor.thresholds)
+        return {"predict defaults": OutputOptions(top_k=3, min_confidence=0.1, thresholds=th)}
+    out = {"predict defaults": OutputOptions(top_k=3, min_confidence=0.1)}
+    for c in strict:
+        out[f"--min-confidence {c:g}"] = OutputOptions(top_k=3, min_confidence=c)
+    return out
+
+
+def species_found(pred, opts: OutputOptions) -> set[str]:
+    return {d.species for d in pred.detections(opts)}
+
+
+def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[dict]:
+    manifest = pd.read_csv(run / "data" / "manifest.csv")
+    kept = manifest[~manifest["dropped"].astype(bool)]
+    trained = {str(Path(p).resolve()) for p in kept.loc[kept["split"] == "train", "path"]}
+    negative = kept["rec_id"].astype(str).str.startswith("negatives/")
+    focal = kept[(kept["split"] == "val") & ~negative]
+    predictor = Predictor.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    opts = settings(predictor, strict)
+    # a sweep's run names its variant; a plain `birdstack train` run is its own
+    swept = run / "sweep_run.json"
+    variant = json.loads(swept.read_text())["variant"] if swept.is_file() else run.name
+    fold = yaml.safe_load((run / "config.yaml").read_text())["data"]["val_fold"]
+    rows = {
+        name: {
+            "run": run.name,
+            "variant": variant,
+            "fold": fold,
+            "setting": name,
+            "focal_files": len(focal),
+        }
+        for name in opts
+    }
+    hits = {name: [0, 0] for name in opts}
+    for path, label in zip(focal["path"], focal["primary_label"], strict=True):
+        pred = predictor.predict(path)
+        for name, o in opts.items():
+            found = species_found(pred, o)
+            hits[name][0] += label in found
+            hits[name][1] += bool(found - {label})
+    for name in opts:
+        rows[name]["focal: own species detected"] = hits[name][0] / max(1, len(focal))
+        rows[name]["focal: another species detected"] = hits[name][1] / max(1, len(focal))
+    for group, folder in fields.items():
+        files = [p for p in find_audio_files(folder) if str(p.resolve()) not in trained]
+        any_det = {name: 0 for name in opts}
+        for p in files:
+            pred = predictor.predict(p)
+            for name, o in opts.items():
+                any_det[name] += bool(pred.detections(o))
+        for name in opts:
+            rows[name][f"{group}: files"] = len(files)
+            rows[name][f"{group}: files with a detection"] = any_det[name] / max(1, len(files))
+    return list(rows.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders")
+    ap.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="audio with none of the runs' species (repeatable)",
+    )
+    ap.add_argument(
+        "--strict",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.9],
+        help="extra --min-confidence floors for single-label runs (0.5 0.9)",
+    )
+    ap.add_argument("--out", type=Path, required=True, help="folder for per_run.csv, summary.md")
+    args = ap.parse_args()
+    fields = {}
+    for spec in args.field:
+        name, _, folder = spec.partition("=")
+        if not folder or not Path(folder).is_dir():
+            ap.error(f"--field {spec!r}: expected NAME=DIR with an existing folder")
+        fields[name] = Path(folder)
+    rows = []
+    for run in sorted(args.runs):
+        rows += score_run(run, fields, args.strict)
+        print(f"{run.name}: done", flush=True)
+    df = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / "per_run.csv", index=False)
+    shares = [c for c in df.columns if c.endswith("detected") or c.endswith("with a detection")]
+    lines = [
+        "| variant | setting | runs | " + " | ".join(shares) + " |",
+        "|---|---|---|" + "---|" * len(shares),
+    ]
+    for (variant, setting), g in df.groupby(["variant", "setting"], sort=False):
+        cells = [
+            f"{np.mean(g[c]):.3f} ± {np.std(g[c], ddof=1) if len(g) > 1 else 0.0:.3f}"
+            for c in shares
+        ]
+        lines.append(f"| {variant} | {setting} | {len(g)} | " + " | ".join(cells) + " |")
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
