@@ -293,9 +293,50 @@ def test_multilabel_refuses_what_it_cannot_do(demo_dir):
         prepare(cfg.data, cfg.preprocessing, progress=False)
     from birdstack.training.train import validate_config
 
-    bad = cfg.override({"task.kind": "multilabel", "distill.teacher": "t.ckpt"})
-    with pytest.raises(ConfigError, match="distillation"):
+    bad = cfg.override(
+        {"task.kind": "multilabel", "distill.teacher": "t.ckpt", "distill.unlabelled": ["u"]}
+    )
+    with pytest.raises(ConfigError, match="unlabelled audio"):
         validate_config(bad)
+
+
+def test_a_multilabel_student_learns_from_a_multilabel_teacher(
+    ml_run, soundscape_root, tmp_path, cache_dir
+):
+    """Distillation as a task switch: the teacher's per-class probabilities (not
+    renormalised) are the soft targets; at alpha 0 the student is the run without a
+    teacher, weight for weight; a teacher of the other task is refused."""
+    from birdstack.inference.predictor import Predictor
+    from birdstack.training.distill import Teacher
+    from birdstack.training.train import train
+    from birdstack.utils import BirdstackError
+
+    teacher = str(ml_run.last_checkpoint)
+    classes = Predictor.from_checkpoint(teacher).classes
+    clip = soundscape_root / "scapes" / "audio" / "scape002.wav"
+    table = Teacher(teacher, classes, tmp_path / "tc", multilabel=True).table(clip)
+    np.testing.assert_allclose(
+        table.window_probs, Predictor.from_checkpoint(teacher).predict(clip).window_probs, atol=1e-5
+    )
+    with pytest.raises(BirdstackError, match="multi-label teacher cannot teach a single-label"):
+        Teacher(teacher, classes, tmp_path / "tc")
+
+    def student(alpha: float, name: str):
+        over = {"distill.teacher": teacher, "distill.alpha": alpha}
+        return train(_cfg(soundscape_root, tmp_path / name, cache_dir, **over))
+
+    def weights(ckpt):
+        return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+    same = student(0.0, "alpha0")
+    for k, v in weights(ml_run.last_checkpoint).items():
+        torch.testing.assert_close(weights(same.last_checkpoint)[k], v, msg=k)
+    taught = student(1.0, "alpha1")
+    w0, w1 = weights(same.last_checkpoint), weights(taught.last_checkpoint)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    ck = torch.load(taught.last_checkpoint, map_location="cpu", weights_only=True)["birdstack"]
+    assert ck["task"] == "multilabel" and len(ck["thresholds"]) == len(classes)
+    assert "val/rec_cmap" in taught.best
 
 
 # ----------------------------------------------------------------------------- evaluate / predict

@@ -208,7 +208,12 @@ TRAIN_OPTS = [
         "filled in, so each fold gets a teacher that never saw its validation recordings",
     ),
     Opt("--distill-alpha", "distill.alpha", float, "weight of the teacher's term (0.7)"),
-    Opt("--distill-temperature", "distill.temperature", float, "softmax temperature (2.0)"),
+    Opt(
+        "--distill-temperature",
+        "distill.temperature",
+        float,
+        "temperature of the soft targets (2.0)",
+    ),
     Opt(
         "--unlabelled",
         "distill.unlabelled",

@@ -17,8 +17,15 @@ Teacher scores are cached like features: one ``.npz`` per audio content and teac
 (``<cache>/teacher-<sha1 of the checkpoint>/<sha1[:2]>/<sha1>.npz``), written
 atomically, so sweeps over folds and resumed runs score each file once.
 
-``--unlabelled DIR ...`` adds recordings without labels (other species, noise, the
-user's own field recordings): they are trained on the teacher's scores alone.
+A multi-label student (``--task multilabel``) learns from a multi-label teacher (a
+detector's per-class probabilities are not a distribution over its classes, so the two
+tasks do not teach each other): every output is its own binary problem, with
+``(1 - alpha) * BCE(student, labels) + alpha * T^2 * BCE(sigmoid(z / T), sigmoid(z_t / T))``
+(:func:`multilabel_distillation_loss`), on the labelled windows, negatives included.
+
+``--unlabelled DIR ...`` (single-label students) adds recordings without labels (other
+species, noise, the user's own field recordings): they are trained on the teacher's
+scores alone.
 
 ``--distill-embedding W`` (a teacher on BirdNET features) adds ``W`` x the mean squared
 error between a training-only ``Linear`` of the student's pooled features and the
@@ -77,7 +84,7 @@ class TeacherTable:
         >>> t = TeacherTable(np.array([0., 3.]), np.array([3., 6.]),
         ...                  np.array([[1., 0.], [0., 1.]]), np.array([.5, .5]))
         >>> t.span(0, 5).tolist(), t.span(3, 8).tolist(), t.span(10, 11).tolist()
-        ([1.0, 0.0], [0.0, 1.0], [0.0, 1.0])
+        ([0.5, 0.5], [0.0, 1.0], [0.0, 1.0])
         """
         if len(self.starts_s) == 0:
             return self.probs
@@ -123,11 +130,23 @@ class Teacher:
         cache_root: str | os.PathLike[str],
         threads: int | None = None,
         embeddings: bool = False,
+        multilabel: bool = False,
     ) -> None:
         from birdstack.inference.predictor import Predictor
 
         self.checkpoint = Path(checkpoint)
         self.predictor = Predictor.from_checkpoint(self.checkpoint, threads=threads)
+        # a detector teaches a detector: per-class presence probabilities (sigmoid) are not
+        # a distribution over the classes (softmax), and neither stands in for the other
+        if self.predictor.multilabel != multilabel:
+            want, got = (
+                ("multi-label", "single-label") if multilabel else ("single-label", "multi-label")
+            )
+            raise BirdstackError(
+                f"{self.checkpoint}: a {got} teacher cannot teach a {want} student; train "
+                f"the teacher with the student's task (--task "
+                f"{'multilabel' if multilabel else 'multiclass'})"
+            )
         # distill.embedding: the tables also hold each window's BirdNET embedding
         self.embeddings = embeddings
         if embeddings and not self.predictor.preprocessing.is_birdnet:
@@ -151,7 +170,11 @@ class Teacher:
         self.features = FeatureCache.for_preprocessing(cache_root, self.predictor.preprocessing)
 
     def _restrict(self, p: np.ndarray) -> np.ndarray:
+        """The student's classes; a softmax teacher's scores renormalised over them (a
+        multi-label teacher's are per-class probabilities and stay as they are)."""
         q = p[..., self.index]
+        if self.predictor.multilabel:
+            return q
         return q / np.clip(q.sum(axis=-1, keepdims=True), 1e-12, None)
 
     def _score(self, path: Path) -> TeacherTable:
@@ -284,6 +307,37 @@ def distillation_loss(
     target = torch.softmax(torch.log(teacher_probs.clamp_min(1e-8)) / t, dim=-1)
     kl = F.kl_div(F.log_softmax(logits / t, dim=-1), target, reduction="batchmean") * t * t
     return (1 - alpha) * ce + alpha * kl
+
+
+def multilabel_distillation_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    label_loss: torch.Tensor,
+) -> torch.Tensor:
+    """``(1 - alpha) * label_loss + alpha * T^2 * BCE(sigmoid(z / T), sigmoid(z_t / T))``.
+
+    The multi-label form of :func:`distillation_loss`: every class is its own binary
+    problem, so the teacher's per-class probability ``p_t`` (logit ``z_t``), softened at
+    temperature ``T``, is each output's soft target. ``label_loss`` is the task's own
+    loss on ``targets`` (BCE or focal). At ``alpha = 0`` the teacher has no weight; the
+    soft term is smallest where the student's outputs equal the teacher's.
+
+    >>> z = torch.tensor([[0.0, 2.0]]); y = torch.tensor([[0.0, 1.0]])
+    >>> t = torch.sigmoid(torch.tensor([[-1.0, 1.0]]))
+    >>> a = multilabel_distillation_loss(z, y, t, 1.0, 1.0, torch.tensor(0.0))
+    >>> b = multilabel_distillation_loss(torch.tensor([[-1.0, 1.0]]), y, t, 1.0, 1.0,
+    ...                                  torch.tensor(0.0))
+    >>> bool(b < a)
+    True
+    """
+    t = temperature
+    teacher_logits = torch.logit(teacher_probs.to(logits.dtype).clamp(1e-6, 1 - 1e-6))
+    soft = torch.sigmoid(teacher_logits / t)
+    kd = F.binary_cross_entropy_with_logits(logits / t, soft) * t * t
+    return (1 - alpha) * label_loss + alpha * kd
 
 
 def describe_teacher(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:

@@ -204,6 +204,12 @@ class BirdClassifier(L.LightningModule):
         x, y = batch[0], batch[1]
         if self.multilabel:
             targets = y.to(torch.float32)
+            k = targets.shape[1]
+            teacher = batch[3] if self.distill is not None and len(batch) >= 4 else None
+            if teacher is not None:  # mixed like the targets: one tensor, one pairing
+                targets = torch.cat([targets, teacher.to(targets)], dim=1)
+                if len(batch) > 4:  # and the teacher's embeddings (distill.embedding)
+                    targets = torch.cat([targets, batch[4].to(targets)], dim=1)
             if self.mixup_alpha > 0:  # multi-hot targets mixed with the inputs
                 from birdstack.data.augment import mixup, mixup_draw
 
@@ -216,8 +222,27 @@ class BirdClassifier(L.LightningModule):
                     self.global_rank,
                 )
                 x, targets = mixup(x, targets, lam, perm.to(x.device))
-            logits = self(x)
-            loss = multilabel_loss(logits, targets.to(logits.dtype), self.task)
+            if teacher is None:
+                logits = self(x)
+                loss = multilabel_loss(logits, targets.to(logits.dtype), self.task)
+            else:
+                from birdstack.training.distill import multilabel_distillation_loss
+
+                logits, emb_loss = self._student(x, targets[:, 2 * k :] if len(batch) > 4 else None)
+                labels = targets[:, :k].to(logits.dtype)
+                d = self.distill
+                assert d is not None
+                loss = (
+                    multilabel_distillation_loss(
+                        logits,
+                        labels,
+                        targets[:, k : 2 * k],
+                        d.alpha,
+                        d.temperature,
+                        multilabel_loss(logits, labels, self.task),
+                    )
+                    + emb_loss
+                )
             self.log(
                 "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
             )

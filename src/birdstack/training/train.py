@@ -123,10 +123,12 @@ def resolve_config(cfg: Config) -> Config:
 def validate_config(cfg: Config) -> None:
     """Fail before any work starts on options that cannot work together."""
     resolve_config(cfg)
-    if cfg.task.multilabel and cfg.distill.teacher:
+    if cfg.task.multilabel and cfg.distill.teacher and cfg.distill.unlabelled:
         raise ConfigError(
-            "distillation (--teacher) trains single-label students; it cannot be combined "
-            "with task.kind=multilabel yet"
+            "unlabelled audio (--unlabelled) is for single-label students: a multi-label "
+            "student learns its teacher's scores on its own labelled windows (soundscapes, "
+            "negatives); pass further field audio as --negatives when it holds no target "
+            "species"
         )
     if cfg.optim.name.lower() not in OPTIMIZERS:
         raise ConfigError(
@@ -360,7 +362,9 @@ def distillation_inputs(
     m = prepared.kept
     paths = m.loc[m["fold"] != cfg.data.val_fold, "path"].astype(str).tolist()
     check_teacher_leakage(ckpt, m.loc[m["fold"] == cfg.data.val_fold, "path"].astype(str))
-    teacher = Teacher(ckpt, prepared.classes, root, embeddings=d.embedding > 0)
+    teacher = Teacher(
+        ckpt, prepared.classes, root, embeddings=d.embedding > 0, multilabel=cfg.task.multilabel
+    )
     unlabelled = None
     if d.unlabelled:
         files = unlabelled_files(d.unlabelled)
@@ -568,7 +572,10 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         task=cfg.task,
     )
     Console(stderr=True).print(describe_training(cfg))
-    teacher, unlabelled = distillation_inputs(cfg, prepared)
+    # the teacher's network is built (and its scores computed) outside the run's random
+    # stream: a student starts from the weights it would have without a teacher
+    with torch.random.fork_rng(devices=[]):
+        teacher, unlabelled = distillation_inputs(cfg, prepared)
     dm = BirdDataModule(
         prepared,
         val_fold=cfg.data.val_fold,
