@@ -40,13 +40,18 @@ from birdstack.inference.writers import OutputOptions
 
 
 def settings(predictor: Predictor, strict: list[float]) -> dict[str, OutputOptions]:
-    """The output rules to score: ``predict``'s defaults, plus stricter floors (single-label)."""
+    """The output rules to score: ``predict``'s defaults (read from its own parser), plus
+    stricter floors for single-label checkpoints."""
+    from birdstack.cli.main import build_parser
+
+    cli = build_parser().parse_args(["predict", "model.ckpt", "audio", "--out", "out"])
+    top_k, floor = cli.top_k, cli.min_confidence
     if predictor.thresholds is not None:
         th = tuple(float(t) for t in predictor.thresholds)
-        return {"predict defaults": OutputOptions(top_k=3, min_confidence=0.1, thresholds=th)}
-    out = {"predict defaults": OutputOptions(top_k=3, min_confidence=0.1)}
+        return {"predict defaults": OutputOptions(top_k, floor, thresholds=th)}
+    out = {"predict defaults": OutputOptions(top_k, floor)}
     for c in strict:
-        out[f"--min-confidence {c:g}"] = OutputOptions(top_k=3, min_confidence=c)
+        out[f"--min-confidence {c:g}"] = OutputOptions(top_k, c)
     return out
 
 

@@ -440,7 +440,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     finally:
         ahead.close()
     dest = shard.folder(args.out) if shard is not None else None
-    written = writer.finish([f.key for f in inputs], dest)
+    records = writer.records([f.key for f in inputs])
+    written = writer.write_combined(records, dest)
     if shard is not None:
         pos = {f.key: i for i, f in enumerate(all_inputs)}
         mine = [(pos[f.key], f.key, writer.done(f.key, None)) for f in inputs]
@@ -453,7 +454,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"predicted {n_done} recording(s), {n_resumed} already done, {len(skips)} skipped; "
         f"{where}outputs in {args.out}"
     )
-    records = [writer.load(f.key) for f in inputs if writer.part_path(f.key).is_file()]
     with_det = sum(bool(r["detections"]) for r in records)
     print(
         f"{sum(len(r['detections']) for r in records)} detection(s) in {with_det} of "

@@ -330,8 +330,11 @@ class PredictionWriter:
         ``dest``: the folder of the combined files (default: the output folder; a
         ``--shard`` run puts its own into ``shards/K-of-N/``).
         """
-        records = [self.load(k) for k in keys if self.part_path(k).is_file()]
-        return self.write_combined(records, dest)
+        return self.write_combined(self.records(keys), dest)
+
+    def records(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """The stored results of ``keys`` that have a part file, in order."""
+        return [self.load(k) for k in keys if self.part_path(k).is_file()]
 
     def write_combined(
         self, records: Sequence[Mapping[str, Any]], dest: str | os.PathLike[str] | None = None

@@ -206,10 +206,7 @@ class BirdClassifier(L.LightningModule):
             targets = y.to(torch.float32)
             k = targets.shape[1]
             teacher = batch[3] if self.distill is not None and len(batch) >= 4 else None
-            if teacher is not None:  # mixed like the targets: one tensor, one pairing
-                targets = torch.cat([targets, teacher.to(targets)], dim=1)
-                if len(batch) > 4:  # and the teacher's embeddings (distill.embedding)
-                    targets = torch.cat([targets, batch[4].to(targets)], dim=1)
+            targets = self._with_teacher(targets, batch)
             if self.mixup_alpha > 0:  # multi-hot targets mixed with the inputs
                 from birdstack.data.augment import mixup, mixup_draw
 
@@ -277,13 +274,9 @@ class BirdClassifier(L.LightningModule):
             self.mixup_alpha, len(y), self.seed, self.current_epoch, batch_idx, self.global_rank
         )
         perm = perm.to(x.device)
-        targets = one_hot_targets(y, len(self.class_names))
         teacher = batch[3] if self.distill is not None and len(batch) >= 4 else None
         k = len(self.class_names)
-        if teacher is not None:  # mixed like the targets: one tensor, one pairing
-            targets = torch.cat([targets, teacher.to(targets)], dim=1)
-            if len(batch) > 4:  # and the teacher's embeddings (distill.embedding)
-                targets = torch.cat([targets, batch[4].to(targets)], dim=1)
+        targets = self._with_teacher(one_hot_targets(y, k), batch)
         x, targets = mixup(x, targets, lam, perm)
         smoothing = self.optim_cfg.label_smoothing
         if teacher is None:
@@ -298,6 +291,14 @@ class BirdClassifier(L.LightningModule):
             logits, targets[:, :k], targets[:, k : 2 * k], d.alpha, d.temperature, smoothing
         )
         return logits, loss + emb_loss
+
+    def _with_teacher(self, targets: torch.Tensor, batch: Any) -> torch.Tensor:
+        """``targets [B, K]`` with the teacher's scores ``[B, K]`` (and its embeddings,
+        ``distill.embedding``) appended as columns, so that mixup mixes them all with one
+        pairing; unchanged without a teacher."""
+        if self.distill is None or len(batch) < 4:
+            return targets
+        return torch.cat([targets, *(t.to(targets) for t in batch[3:5])], dim=1)
 
     def _student(
         self, x: torch.Tensor, embedding: torch.Tensor | None
