@@ -10,6 +10,15 @@ fold with a variant of an earlier sweep whose report is committed under docs/res
         docs/results/recipe_lite0_top6/runs.csv --reference recipe --variant recipe \
         --names "mobilenet_compact, recipe" "efficientnet_lite0 (ImageNet), recipe"
 
+Folds run in separate sweeps are pooled: several runs.csv files after the reference's
+hold the variant, and ``--more-reference`` adds files to the reference's side:
+
+    python scripts/paired_runs.py docs/results/distill_unlabelled_compact_all_species/runs.csv \
+        docs/results/distill_regularised_compact_all_species/runs.csv \
+        docs/results/distill_regularised_compact_all_species_folds03/runs.csv \
+        --more-reference docs/results/distill_unlabelled_compact_all_species_fold0/runs.csv \
+        --reference "distilled + unlabelled" --variant "distilled + unlabelled + regularised"
+
 Prints each side's mean ± std and the paired table of ``birdstack sweep`` reports (mean
 difference, 95 % t-interval, paired t-test, folds won / lost), on the runs both have.
 """
@@ -26,7 +35,19 @@ from birdstack.sweeps.report import markdown_table, paired_differences, paired_r
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("reference_runs", help="runs.csv of the sweep holding the reference")
-    ap.add_argument("other_runs", help="runs.csv of the sweep holding the variant")
+    ap.add_argument(
+        "other_runs",
+        nargs="+",
+        help="runs.csv of the sweep holding the variant; several are pooled (folds of one "
+        "variant run in separate sweeps), a fold and seed in two of them is an error",
+    )
+    ap.add_argument(
+        "--more-reference",
+        nargs="+",
+        default=[],
+        metavar="RUNS_CSV",
+        help="further runs.csv files pooled with the reference's (its folds run elsewhere)",
+    )
     ap.add_argument("--reference", required=True, help="the reference's variant label")
     ap.add_argument("--variant", required=True, help="the compared variant's label")
     ap.add_argument(
@@ -36,8 +57,10 @@ def main() -> None:
         help="names to print for the two sides (default: their labels)",
     )
     args = ap.parse_args()
-    ref = pd.read_csv(args.reference_runs)
-    other = pd.read_csv(args.other_runs)
+    ref = pd.concat(
+        [pd.read_csv(f) for f in [args.reference_runs, *args.more_reference]], ignore_index=True
+    )
+    other = pd.concat([pd.read_csv(f) for f in args.other_runs], ignore_index=True)
     ref, other = (
         ref[ref["variant"] == args.reference],
         other[other["variant"] == args.variant],
@@ -45,6 +68,11 @@ def main() -> None:
     for name, df, label in (("reference", ref, args.reference), ("variant", other, args.variant)):
         if df.empty:
             raise SystemExit(f"no runs of {label!r} in the {name} runs.csv")
+    for df, label in ((ref, args.reference), (other, args.variant)):
+        twice = df[df.duplicated(["fold", "seed"], keep=False)]
+        if not twice.empty:
+            pairs = sorted({(int(f), int(s)) for f, s in zip(twice["fold"], twice["seed"])})
+            raise SystemExit(f"{label!r} has fold/seed {pairs} in more than one runs.csv")
     ref_name, variant = args.names or (args.reference, args.variant)
     if ref_name == variant:
         variant += " (other sweep)"
