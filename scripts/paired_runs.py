@@ -11,11 +11,11 @@ fold with a variant of an earlier sweep whose report is committed under docs/res
         --names "mobilenet_compact, recipe" "efficientnet_lite0 (ImageNet), recipe"
 
 Folds run in separate sweeps are pooled: several runs.csv files after the reference's
-hold the variant, and ``--more-reference`` adds files to the reference's side:
+hold the variant, and ``--more-reference`` adds files to the reference's side (here the
+reference's fold 0 was run in a sweep folder of its own):
 
     python scripts/paired_runs.py docs/results/distill_unlabelled_compact_all_species/runs.csv \
         docs/results/distill_regularised_compact_all_species/runs.csv \
-        docs/results/distill_regularised_compact_all_species_folds03/runs.csv \
         --more-reference docs/results/distill_unlabelled_compact_all_species_fold0/runs.csv \
         --reference "distilled + unlabelled" --variant "distilled + unlabelled + regularised"
 
