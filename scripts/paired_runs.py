@@ -32,6 +32,19 @@ import pandas as pd
 from birdstack.sweeps.report import markdown_table, paired_differences, paired_rows
 
 
+def _runs(files: list[str], label: str, side: str) -> pd.DataFrame:
+    """The runs of ``label`` pooled from ``files``; none, or a fold and seed twice, is an error."""
+    runs = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    runs = runs[runs["variant"] == label]
+    if runs.empty:
+        raise SystemExit(f"no runs of {label!r} in the {side} runs.csv")
+    twice = runs[runs.duplicated(["fold", "seed"], keep=False)]
+    if not twice.empty:
+        pairs = sorted({(int(f), int(s)) for f, s in zip(twice["fold"], twice["seed"])})
+        raise SystemExit(f"{label!r} has fold/seed {pairs} in more than one runs.csv")
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("reference_runs", help="runs.csv of the sweep holding the reference")
@@ -57,22 +70,8 @@ def main() -> None:
         help="names to print for the two sides (default: their labels)",
     )
     args = ap.parse_args()
-    ref = pd.concat(
-        [pd.read_csv(f) for f in [args.reference_runs, *args.more_reference]], ignore_index=True
-    )
-    other = pd.concat([pd.read_csv(f) for f in args.other_runs], ignore_index=True)
-    ref, other = (
-        ref[ref["variant"] == args.reference],
-        other[other["variant"] == args.variant],
-    )
-    for name, df, label in (("reference", ref, args.reference), ("variant", other, args.variant)):
-        if df.empty:
-            raise SystemExit(f"no runs of {label!r} in the {name} runs.csv")
-    for df, label in ((ref, args.reference), (other, args.variant)):
-        twice = df[df.duplicated(["fold", "seed"], keep=False)]
-        if not twice.empty:
-            pairs = sorted({(int(f), int(s)) for f, s in zip(twice["fold"], twice["seed"])})
-            raise SystemExit(f"{label!r} has fold/seed {pairs} in more than one runs.csv")
+    ref = _runs([args.reference_runs, *args.more_reference], args.reference, "reference")
+    other = _runs(args.other_runs, args.variant, "variant")
     ref_name, variant = args.names or (args.reference, args.variant)
     if ref_name == variant:
         variant += " (other sweep)"

@@ -205,7 +205,6 @@ class BirdClassifier(L.LightningModule):
         if self.multilabel:
             targets = y.to(torch.float32)
             k = targets.shape[1]
-            teacher = batch[3] if self.distill is not None and len(batch) >= 4 else None
             targets = self._with_teacher(targets, batch)
             if self.mixup_alpha > 0:  # multi-hot targets mixed with the inputs
                 from birdstack.data.augment import mixup, mixup_draw
@@ -219,7 +218,7 @@ class BirdClassifier(L.LightningModule):
                     self.global_rank,
                 )
                 x, targets = mixup(x, targets, lam, perm.to(x.device))
-            if teacher is None:
+            if not self._distilled(batch):
                 logits = self(x)
                 loss = multilabel_loss(logits, targets.to(logits.dtype), self.task)
             else:
@@ -247,7 +246,7 @@ class BirdClassifier(L.LightningModule):
         smoothing = self.optim_cfg.label_smoothing
         if self.mixup_alpha > 0:
             logits, loss = self._mixup_step(batch, batch_idx)
-        elif self.distill is not None and len(batch) >= 4:
+        elif self._distilled(batch):
             from birdstack.training.distill import distillation_loss
 
             logits, emb_loss = self._student(x, batch[4] if len(batch) > 4 else None)
@@ -274,12 +273,11 @@ class BirdClassifier(L.LightningModule):
             self.mixup_alpha, len(y), self.seed, self.current_epoch, batch_idx, self.global_rank
         )
         perm = perm.to(x.device)
-        teacher = batch[3] if self.distill is not None and len(batch) >= 4 else None
         k = len(self.class_names)
         targets = self._with_teacher(one_hot_targets(y, k), batch)
         x, targets = mixup(x, targets, lam, perm)
         smoothing = self.optim_cfg.label_smoothing
-        if teacher is None:
+        if not self._distilled(batch):
             logits = self(x)
             return logits, soft_cross_entropy(logits, targets, smoothing)
         from birdstack.training.distill import distillation_loss
@@ -292,11 +290,16 @@ class BirdClassifier(L.LightningModule):
         )
         return logits, loss + emb_loss
 
+    def _distilled(self, batch: Any) -> bool:
+        """Whether ``batch`` carries a teacher's scores (``batch[3]``; its embeddings in
+        ``batch[4]`` with ``distill.embedding``)."""
+        return self.distill is not None and len(batch) >= 4
+
     def _with_teacher(self, targets: torch.Tensor, batch: Any) -> torch.Tensor:
         """``targets [B, K]`` with the teacher's scores ``[B, K]`` (and its embeddings,
         ``distill.embedding``) appended as columns, so that mixup mixes them all with one
         pairing; unchanged without a teacher."""
-        if self.distill is None or len(batch) < 4:
+        if not self._distilled(batch):
             return targets
         return torch.cat([targets, *(t.to(targets) for t in batch[3:5])], dim=1)
 
