@@ -44,6 +44,9 @@ class AudioConfig:
             raise ConfigError(f"audio.sample_rate={self.sample_rate} is too low (use >= 1000 Hz)")
 
 
+BAND_NORMS = ("none", "median")
+
+
 @dataclass(frozen=True)
 class SpectrogramConfig:
     """Log-mel spectrogram settings (librosa conventions: Slaney mel scale and norm).
@@ -51,6 +54,12 @@ class SpectrogramConfig:
     Features are cached as ``10*log10(max(amin, mel_power))`` (dB, reference 1.0);
     each model input is then normalised on its own: its maximum becomes 0 dB,
     values below ``-top_db`` are clipped, and the result is mapped to ``[0, 1]``.
+
+    ``band_norm="median"`` first subtracts each mel band's median over the input's
+    frames (dB): a stationary background and the recorder's frequency response, the
+    things that change from one recording session to the next, drop out, and what
+    stands above its band's typical level remains (the idea of Sprengel et al. 2016's
+    median clipping, and of PCEN). It changes model inputs, not the cached features.
     """
 
     n_fft: int = 2048
@@ -61,8 +70,13 @@ class SpectrogramConfig:
     power: float = 2.0
     top_db: float = 80.0
     amin: float = 1e-10
+    band_norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.band_norm not in BAND_NORMS:
+            raise ConfigError(
+                f"spectrogram.band_norm={self.band_norm!r}: choose one of {', '.join(BAND_NORMS)}"
+            )
         if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
             raise ConfigError("spectrogram.n_fft, hop_length and n_mels must be positive")
         if not 0 <= self.fmin < self.fmax:

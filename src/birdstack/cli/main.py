@@ -137,6 +137,12 @@ DATA_OPTS = [
     Opt("--sample-rate", "preprocessing.audio.sample_rate", int, "resample to this rate (32000)"),
     Opt("--n-mels", "preprocessing.spectrogram.n_mels", int, "mel bands (128)"),
     Opt(
+        "--band-norm",
+        "preprocessing.spectrogram.band_norm",
+        str,
+        "none | median: subtract each mel band's median over the input's frames (none)",
+    ),
+    Opt(
         "--frontend",
         "preprocessing.frontend",
         str,

@@ -206,7 +206,8 @@ class TrainAugment:
             assert enc.target_frames is not None
             length = enc.target_frames
             raw = center_trim(np.asarray(db), length)
-        x = normalize_db_np(self.add_noise(raw, rng), top_db)
+        band_norm = self.pre.spectrogram.band_norm
+        x = normalize_db_np(self.add_noise(raw, rng), top_db, band_norm=band_norm)
         x = self.augment_normalised(pad_frames(x, length), rng)
         if enc.kind == "segments":
             return x[None]

@@ -136,6 +136,7 @@ class BirdDataset(Dataset):
         self.frames = self.records["frames"].astype(int).to_numpy()
         enc = preprocessing.encoding
         self.top_db = preprocessing.spectrogram.top_db
+        self.band_norm = preprocessing.spectrogram.band_norm
         if random_crops is not None and enc.kind != "segments":
             raise ValueError("random_crops needs encoding.kind='segments'")
         self.random_crops = random_crops
@@ -229,10 +230,12 @@ class BirdDataset(Dataset):
             )
             x = self.augment.encode(db, start, rng)
         elif enc.kind == "segments":
-            x = encode_segment(db, start, self.window, self.top_db)
+            x = encode_segment(db, start, self.window, self.top_db, self.band_norm)
         else:
             assert enc.target_frames is not None
-            x = encode_stacked(np.asarray(db), enc.target_frames, enc.channels, self.top_db)
+            x = encode_stacked(
+                np.asarray(db), enc.target_frames, enc.channels, self.top_db, self.band_norm
+            )
         x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         y: Any = int(self.labels[i])
         if self.targets is not None:

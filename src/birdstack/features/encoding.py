@@ -82,14 +82,17 @@ def stack_channels(x: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(n_mels, channels, t // channels).transpose(1, 0, 2))
 
 
-def encode_stacked(db: np.ndarray, target_frames: int, channels: int, top_db: float) -> np.ndarray:
+def encode_stacked(
+    db: np.ndarray, target_frames: int, channels: int, top_db: float, band_norm: str = "none"
+) -> np.ndarray:
     """One whole-recording input ``[channels, n_mels, target_frames // channels]``.
 
     Longer spectrograms are trimmed from both ends, shorter ones padded at the end
-    (whether a short recording may be used at all is the caller's rule).
+    (whether a short recording may be used at all is the caller's rule); a
+    ``band_norm`` median is taken over the whole trimmed recording.
     """
     x = center_trim(db, target_frames)
-    x = normalize_db_np(x, top_db)
+    x = normalize_db_np(x, top_db, band_norm=band_norm)
     x = pad_frames(x, target_frames)
     return stack_channels(x, channels)
 
@@ -111,7 +114,10 @@ def segment_starts(n_frames: int, window: int, hop: int, min_last: float) -> lis
     return starts
 
 
-def encode_segment(db: np.ndarray, start: int, window: int, top_db: float) -> np.ndarray:
-    """One ``segments`` input ``[1, n_mels, window]`` starting at frame ``start``."""
-    x = normalize_db_np(db[:, start : start + window], top_db)
+def encode_segment(
+    db: np.ndarray, start: int, window: int, top_db: float, band_norm: str = "none"
+) -> np.ndarray:
+    """One ``segments`` input ``[1, n_mels, window]`` starting at frame ``start`` (a
+    ``band_norm`` median over the window's own frames, padding excluded)."""
+    x = normalize_db_np(db[:, start : start + window], top_db, band_norm=band_norm)
     return pad_frames(x, window)[None]

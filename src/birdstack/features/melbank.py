@@ -83,10 +83,20 @@ def n_frames(n_samples: int, spec: SpectrogramConfig) -> int:
     return 1 + (n_samples + 2 * pad - spec.n_fft) // spec.hop_length
 
 
-def normalize_db_np(db: np.ndarray, top_db: float, batched: bool | None = None) -> np.ndarray:
-    """NumPy twin of :func:`normalize_db` (keeps float32 inputs float32)."""
+def normalize_db_np(
+    db: np.ndarray, top_db: float, batched: bool | None = None, band_norm: str = "none"
+) -> np.ndarray:
+    """NumPy twin of :func:`normalize_db` (keeps float32 inputs float32).
+
+    ``band_norm="median"`` subtracts each mel band's median over the frames (the last
+    axis) first (:class:`~birdstack.config.SpectrogramConfig`).
+    """
     if batched is None:
         batched = db.ndim == 4
+    if band_norm == "median":
+        db = db - np.median(db, axis=-1, keepdims=True).astype(db.dtype, copy=False)
+    elif band_norm != "none":
+        raise ValueError(f"unknown band_norm {band_norm!r}")
     axes = tuple(range(1, db.ndim)) if batched else None
     peak = db.max(axis=axes, keepdims=True) if batched else db.max()
     out = np.maximum(db - peak, -top_db) / np.asarray(top_db, dtype=db.dtype) + 1

@@ -762,9 +762,12 @@ class Predictor:
             return pool_windows(frames)
         if pre.encoding.kind == "stacked":
             assert pre.encoding.target_frames is not None
-            return encode_stacked(frames, pre.encoding.target_frames, pre.encoding.channels, top_db)
+            enc = pre.encoding
+            return encode_stacked(
+                frames, enc.target_frames, enc.channels, top_db, self.spec.band_norm
+            )
         w = pre.window_frames()
-        x = normalize_db_np(center_trim(frames, w), top_db)
+        x = normalize_db_np(center_trim(frames, w), top_db, band_norm=self.spec.band_norm)
         return pad_frames(x, w)[None]
 
     # ---------------------------------------------------------------- window rules
