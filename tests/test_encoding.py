@@ -83,3 +83,33 @@ def test_encode_segment_shape_and_padding():
     x = encode_segment(db, start=40, window=20, top_db=80.0)
     assert x.shape == (1, 16, 20)
     assert np.all(x[0, :, 10:] == 0) and x.max() == pytest.approx(1.0)
+
+
+def test_band_median_removes_what_a_session_adds_to_every_frame():
+    """A recorder's response and a stationary hum (a per-band dB offset on every frame)
+    leave a band-median-normalised input unchanged; the plain normalisation keeps them."""
+    rng = np.random.default_rng(0)
+    db = rng.normal(-60, 8, size=(16, 120)).astype(np.float32)
+    db[5, 40:60] += 30  # a call: stands above its band's typical level
+    session = np.linspace(-12, 6, 16, dtype=np.float32)[:, None]  # tilt
+    session[9] += 25  # hum in one band
+    other = db + session
+    for start, window in ((0, 120), (30, 60), (100, 60)):  # the last one is padded
+        a = encode_segment(db, start, window, 80.0, band_norm="median")
+        b = encode_segment(other, start, window, 80.0, band_norm="median")
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        plain = encode_segment(other, start, window, 80.0)
+        assert np.abs(plain - encode_segment(db, start, window, 80.0)).max() > 0.1
+    # the median is over the window's own frames, the padding is not counted
+    short = encode_segment(db, 100, 60, 80.0, band_norm="median")
+    assert np.all(short[0, :, 20:] == 0)
+    centred = db[:, 100:] - np.median(db[:, 100:], axis=-1, keepdims=True)
+    np.testing.assert_allclose(short[0, :, :20], encode_segment(centred, 0, 20, 80.0)[0], atol=1e-6)
+    # the call is what remains at the top
+    x = encode_segment(db, 0, 120, 80.0, band_norm="median")[0]
+    assert np.unravel_index(np.argmax(x), x.shape)[0] == 5
+    # stacked: one median per band over the whole (trimmed) recording
+    a = encode_stacked(db, 100, 10, 80.0, band_norm="median")
+    np.testing.assert_allclose(a, encode_stacked(other, 100, 10, 80.0, band_norm="median"), atol=1e-5)
+    with pytest.raises(ValueError, match="band_norm"):
+        encode_segment(db, 0, 60, 80.0, band_norm="mean")

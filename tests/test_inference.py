@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,26 @@ def test_segments_recording_probs_equal_validation_pooling(segments, segments_ru
     # negative control: another pooling (first windows only) is far outside the tolerance
     first = probs[[int(np.flatnonzero(ds.item_recordings == r)[0]) for r in range(len(val))]]
     assert np.abs(first.numpy() - ours).max() > 1e-4
+
+
+def test_band_median_is_applied_by_predict_as_in_training(segments, segments_run):
+    """spectrogram.band_norm travels with the preprocessing: the predictor's inputs are
+    the dataset's, window for window, and not the plain ones."""
+    pre = segments.preprocessing
+    median = dataclasses.replace(
+        pre, spectrogram=dataclasses.replace(pre.spectrogram, band_norm="median")
+    )
+    pred = Predictor(segments.runner, segments.classes, median, threads=1)
+    val = _kept(segments_run)
+    val = val[val["split"] == "val"].reset_index(drop=True).iloc[:2]
+    ds = BirdDataset(val, median)
+    db = np.load(val["cache_file"].iloc[0])
+    ours = pred.encode(db[:, : pre.window_frames()], pre.window_frames())
+    np.testing.assert_allclose(ours, ds[0][0].numpy(), atol=1e-6)
+    assert np.abs(segments.encode(db[:, : pre.window_frames()], pre.window_frames()) - ours).max() > 0.05
+    xs = np.stack([ds[i][0].numpy() for i in range(len(ds)) if ds.item_recordings[i] == 0])
+    expected = softmax(segments.runner(xs)).mean(axis=0)
+    np.testing.assert_allclose(pred.recording_probs(db), expected, atol=1e-5)
 
 
 def test_stacked_recording_rule_is_the_training_encoding(stacked, stacked_run):
