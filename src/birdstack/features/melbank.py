@@ -89,7 +89,8 @@ def normalize_db_np(
     """NumPy twin of :func:`normalize_db` (keeps float32 inputs float32).
 
     ``band_norm="median"`` subtracts each mel band's median over the frames (the last
-    axis) first (:class:`~birdstack.config.SpectrogramConfig`).
+    axis) first (:class:`~birdstack.config.SpectrogramConfig`); only this twin has it,
+    as every model input is encoded in NumPy.
     """
     if batched is None:
         batched = db.ndim == 4

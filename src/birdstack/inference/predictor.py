@@ -760,9 +760,9 @@ class Predictor:
             from birdstack.features.birdnet import pool_windows
 
             return pool_windows(frames)
-        if pre.encoding.kind == "stacked":
-            assert pre.encoding.target_frames is not None
-            enc = pre.encoding
+        enc = pre.encoding
+        if enc.kind == "stacked":
+            assert enc.target_frames is not None
             return encode_stacked(
                 frames, enc.target_frames, enc.channels, top_db, self.spec.band_norm
             )
