@@ -98,36 +98,59 @@ def test_evaluate_validation_split_reproduces_the_training_log(
     np.testing.assert_allclose(preds["confidence"], p.max(axis=1))
 
 
-def test_other_species_are_left_out_and_counted(stacked_run, demo_dir, cache_dir, tmp_path, capsys):
+def test_other_species_and_training_recordings_are_left_out_and_counted(
+    stacked_run, demo_dir, cache_dir, tmp_path, capsys
+):
     from birdstack.cli.main import build_parser
 
-    args = build_parser().parse_args(
-        [
-            "evaluate",
-            str(stacked_run / "checkpoints" / "best.ckpt"),
-            "--data",
-            str(demo_dir),
-            "--cache-dir",
-            str(cache_dir),
-            "--out",
-            str(tmp_path / "all"),
-            "--no-progress",
-        ]
-    )
+    manifest = pd.read_csv(stacked_run / "data" / "manifest.csv")
+    n_train = int(((manifest["split"] == "train") & ~manifest["dropped"].astype(bool)).sum())
+    assert 0 < n_train < 32
+    ckpt = str(stacked_run / "checkpoints" / "best.ckpt")
+    base = ["evaluate", ckpt, "--data", str(demo_dir), "--cache-dir", str(cache_dir)]
+    args = build_parser().parse_args([*base, "--out", str(tmp_path / "all"), "--no-progress"])
     assert args.func(args) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "16 recording(s) left out: primary label not among the checkpoint's classes" in out
+    assert f"{n_train} recording(s) left out: the checkpoint's run trained on them" in out
     metrics = json.loads((tmp_path / "all" / "metrics.json").read_text())
     assert metrics["excluded"]["label_not_in_checkpoint"] == 16
-    assert metrics["n_recordings"] == 48 - 16
+    assert metrics["excluded"]["used_in_training"] == n_train
+    assert metrics["n_recordings"] == 48 - 16 - n_train
+    scored = set(pd.read_csv(tmp_path / "all" / "predictions.csv")["rec_id"].astype(str))
+    trained = manifest.loc[manifest["split"] == "train", "rec_id"].astype(str)
+    assert not scored & set(trained)
+    # opted in: scored, with a warning
+    args = build_parser().parse_args(
+        [*base, "--out", str(tmp_path / "inc"), "--no-progress", "--include-trained"]
+    )
+    assert args.func(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{n_train} of the 32 recording(s) trained this checkpoint" in out
+    assert json.loads((tmp_path / "inc" / "metrics.json").read_text())["n_recordings"] == 32
     with pytest.raises(BadInputError, match="--split needs --manifest"):
-        evaluate_checkpoint(
-            stacked_run / "checkpoints" / "best.ckpt",
-            demo_dir,
-            split="val",
-            cache_dir=cache_dir,
-            progress=False,
-        )
+        evaluate_checkpoint(ckpt, demo_dir, split="val", cache_dir=cache_dir, progress=False)
+
+
+def test_evaluating_only_training_recordings_is_refused(stacked_run, demo_dir, cache_dir, tmp_path):
+    # a copy of the training recordings in another folder: caught by content
+    import shutil
+
+    from birdstack.data.metadata import load_metadata
+
+    manifest = pd.read_csv(stacked_run / "data" / "manifest.csv", dtype={"rec_id": str})
+    trained = manifest[(manifest["split"] == "train") & ~manifest["dropped"].astype(bool)]
+    meta = load_metadata(demo_dir)
+    copy = tmp_path / "copy"
+    for _, r in meta[meta["rec_id"].isin(trained["rec_id"])].iterrows():
+        dst = copy / r["primary_label"] / Path(r["path"]).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(r["path"], dst)
+    ckpt = stacked_run / "checkpoints" / "best.ckpt"
+    with pytest.raises(BadInputError, match=f"all {len(trained)} selected recordings"):
+        evaluate_checkpoint(ckpt, copy, cache_dir=cache_dir, progress=False)
+    res = evaluate_checkpoint(ckpt, copy, cache_dir=cache_dir, progress=False, include_trained=True)
+    assert res.recording.n == len(trained)
 
 
 def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, tmp_path):

@@ -215,7 +215,9 @@ def ml_run(soundscape_root, tmp_path_factory, cache_dir):
     from birdstack.training.train import train
 
     out = tmp_path_factory.mktemp("ml-run") / "run"
-    return train(_cfg(soundscape_root, out, cache_dir))
+    # precise BN: with 6 steps of running statistics the eval-mode activations saturate
+    # and every clip gets the same scores, so cmAP would only measure the tie order
+    return train(_cfg(soundscape_root, out, cache_dir, **{"trainer.precise_bn": True}))
 
 
 def test_multilabel_run_on_soundscapes(ml_run):
@@ -365,6 +367,22 @@ def test_evaluate_scores_windows_clips_and_the_open_set(ml_run, soundscape_root,
     hist = pd.read_csv(r.run_dir / "metrics.csv")
     logged = float(hist.loc[hist["epoch"] == r.best["epoch"], "val/rec_cmap"].iloc[0])
     assert res.recording.cmap == pytest.approx(logged, abs=1e-4)
+
+
+def test_evaluate_without_manifest_leaves_out_the_training_clips(ml_run, soundscape_root):
+    from birdstack.evaluation.evaluate import evaluate_checkpoint
+
+    m = pd.read_csv(ml_run.run_dir / "data" / "manifest.csv")
+    scapes = soundscape_root / "scapes"
+    trained = {
+        str(Path(p).resolve())
+        for p in m.loc[(m["split"] == "train") & ~m["dropped"], "path"]
+        if scapes.resolve() in Path(p).resolve().parents
+    }
+    assert trained
+    res = evaluate_checkpoint(ml_run.best_checkpoint, scapes, cache_dir=None, progress=False)
+    assert res.excluded["used_in_training"] == len(trained)
+    assert not {str(Path(f).resolve()) for f in res.predictions["file"]} & trained
 
 
 def test_predict_reports_every_species_above_its_stored_threshold(

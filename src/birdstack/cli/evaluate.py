@@ -36,6 +36,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         choices=("train", "val"),
         help="with --manifest: only that split's kept rows (val = the run's validation)",
     )
+    p.add_argument(
+        "--include-trained",
+        action="store_true",
+        help="without --manifest, recordings the checkpoint's run trained on (its "
+        "RUN/data/manifest.csv) are left out; this scores them too (optimistic figures)",
+    )
     p.add_argument("--out", help="folder for metrics.json, predictions.csv, confusion.csv/png")
     p.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/birdstack)")
     p.add_argument(
@@ -69,6 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=_progress(args),
         location=args.location_filter,
         location_threshold=args.location_threshold,
+        include_trained=args.include_trained,
         species=[s.strip() for s in args.species.split(",") if s.strip()] if args.species else None,
     )
     n_bad = res.excluded.get("unreadable_audio", 0)

@@ -18,6 +18,9 @@ Recordings whose primary label is not one of the checkpoint's classes are left o
 (their count is printed and saved). With ``manifest`` (a run's ``data/manifest.csv``)
 only the recordings listed there are used, and with ``split`` only the kept rows of
 that split (``train`` / ``val``), e.g. exactly the validation recordings of a run.
+Without ``manifest``, the recordings the checkpoint's own run trained on are left out
+and counted (``used_in_training``) unless ``include_trained``: a model scored on what
+it learned looks far better than it is on new sessions.
 
 Outputs in ``out_dir``: ``metrics.json`` (every figure), ``per_class.csv``,
 ``confusion.csv`` and ``confusion.png``, ``predictions.csv`` (file, true, predicted,
@@ -232,7 +235,12 @@ def select_recordings(
     from birdstack.data.metadata import load_metadata
 
     meta = load_metadata(data)
-    excluded = {"missing_file": 0, "label_not_in_checkpoint": 0, "unreadable_audio": 0}
+    excluded = {
+        "missing_file": 0,
+        "label_not_in_checkpoint": 0,
+        "used_in_training": 0,
+        "unreadable_audio": 0,
+    }
     if manifest is not None:
         mpath = Path(manifest)
         if not mpath.is_file():
@@ -268,6 +276,48 @@ def select_recordings(
     excluded["label_not_in_checkpoint"] = int(foreign.sum())
     meta = meta[~foreign]
     return meta.reset_index(drop=True), excluded
+
+
+def leave_out_trained(
+    rows: pd.DataFrame,
+    ckpt: str | os.PathLike[str],
+    include_trained: bool,
+    excluded: dict[str, int],
+    console: Console,
+) -> pd.DataFrame:
+    """Leave out the recordings the checkpoint's own run trained on (or, with
+    ``include_trained``, keep them and say the figures are optimistic).
+
+    Only used without ``--manifest``: a user who points ``--data`` at the folder the
+    model was trained on would otherwise score its training recordings. The run's
+    manifest beside the checkpoint says which those are (compared by content).
+    """
+    from birdstack.training.checkpoint import trained_on
+
+    seen = trained_on(ckpt, rows["path"].astype(str).tolist())
+    if seen is None or not any(seen):
+        return rows
+    n = int(sum(seen))
+    if include_trained:
+        console.print(
+            f"[yellow]warning:[/yellow] {n} of the {len(rows)} recording(s) trained this "
+            "checkpoint: their figures are optimistic"
+        )
+        return rows
+    excluded["used_in_training"] = n
+    console.print(
+        f"{n} recording(s) left out: the checkpoint's run trained on them "
+        "(--include-trained scores them too)"
+    )
+    keep = ~np.asarray(seen)
+    if not keep.any():
+        raise BadInputError(
+            str(ckpt),
+            f"all {n} selected recordings of the data were used to train this checkpoint. "
+            "Evaluate on other recordings, on the run's validation fold (--manifest "
+            "RUN/data/manifest.csv --split val), or pass --include-trained",
+        )
+    return rows[keep].reset_index(drop=True)
 
 
 def cached_features(
@@ -323,6 +373,7 @@ def evaluate_checkpoint(
     location: str = "off",
     location_threshold: float = 0.03,
     species: list[str] | None = None,
+    include_trained: bool = False,
 ) -> EvalResult:
     """Score every selected recording of ``data`` and compute all figures (see module doc).
 
@@ -331,7 +382,9 @@ def evaluate_checkpoint(
     the data's species (or ``species``), as a reference row; classes BirdNET does not
     know are named and never predicted. ``location``: the location and season filter
     (``drop`` / ``weight``, see :class:`~birdstack.config.LocationConfig`) with each
-    recording's own ``latitude``, ``longitude`` and ``date``.
+    recording's own ``latitude``, ``longitude`` and ``date``. Without ``manifest``, the
+    recordings the checkpoint's run trained on are left out (counted as
+    ``used_in_training``) unless ``include_trained``.
     """
     from birdstack.features.birdnet import as_float, week_48
     from birdstack.inference.predictor import Predictor
@@ -345,7 +398,16 @@ def evaluate_checkpoint(
     ckpt = Path(ckpt)
     if pred.multilabel:
         return evaluate_multilabel(
-            pred, ckpt, data, manifest, split, out_dir, cache_dir, progress, console
+            pred,
+            ckpt,
+            data,
+            manifest,
+            split,
+            out_dir,
+            cache_dir,
+            progress,
+            console,
+            include_trained,
         )
     classes = list(pred.classes)
     pre = pred.preprocessing
@@ -359,6 +421,8 @@ def evaluate_checkpoint(
         console.print(f"{excluded['missing_file']} recording(s) left out: audio file not found")
     if rows.empty:
         raise BadInputError(str(data), "no recordings of the checkpoint's classes to evaluate")
+    if manifest is None and str(ckpt) != BIRDNET_REFERENCE:
+        rows = leave_out_trained(rows, ckpt, include_trained, excluded, console)
 
     paths = [Path(p) for p in rows["path"]]
     label_idx = {c: i for i, c in enumerate(classes)}
@@ -454,7 +518,12 @@ def multilabel_rows(
     from birdstack.data.metadata import load_metadata
     from birdstack.data.prepare import row_labels
 
-    excluded = {"missing_file": 0, "label_not_in_checkpoint": 0, "unreadable_audio": 0}
+    excluded = {
+        "missing_file": 0,
+        "label_not_in_checkpoint": 0,
+        "used_in_training": 0,
+        "unreadable_audio": 0,
+    }
     if manifest is not None:
         mpath = Path(manifest)
         if not mpath.is_file():
@@ -499,6 +568,7 @@ def evaluate_multilabel(
     cache_dir: str | os.PathLike[str] | None,
     progress: bool,
     console: Console,
+    include_trained: bool = False,
 ) -> EvalResult:
     """Multi-label figures of windows and clips (``evaluate_checkpoint``'s other task).
 
@@ -515,6 +585,8 @@ def evaluate_multilabel(
     rows, excluded = multilabel_rows(data, classes, manifest, split)
     if rows.empty:
         raise BadInputError(str(data), "no recordings to evaluate")
+    if manifest is None and str(ckpt) != BIRDNET_REFERENCE:
+        rows = leave_out_trained(rows, ckpt, include_trained, excluded, console)
     paths = [Path(p) for p in rows["path"]]
     index = {c: i for i, c in enumerate(classes)}
     thr = np.asarray(pred.thresholds, dtype=np.float64)

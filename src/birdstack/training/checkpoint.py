@@ -94,3 +94,30 @@ def build_model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, Checkp
     net.load_state_dict(state)
     net.eval()
     return net, info
+
+
+def run_manifest(checkpoint: str | os.PathLike[str]) -> Path | None:
+    """The manifest of the run that wrote ``checkpoint`` (``<run>/checkpoints/x.ckpt`` ->
+    ``<run>/data/manifest.csv``), or ``None`` for a checkpoint moved out of its run."""
+    manifest = Path(checkpoint).resolve().parent.parent / "data" / "manifest.csv"
+    return manifest if manifest.is_file() else None
+
+
+def trained_on(checkpoint: str | os.PathLike[str], paths: list[str]) -> list[bool] | None:
+    """Which of ``paths`` the checkpoint's run trained on (kept ``train`` rows of its
+    manifest), compared by content (SHA-1), so copies and moved folders are caught too.
+
+    ``None`` when the checkpoint has no run manifest beside it (nothing to compare with).
+    """
+    import pandas as pd
+
+    from birdstack.utils import file_sha1
+
+    manifest = run_manifest(checkpoint)
+    if manifest is None:
+        return None
+    m = pd.read_csv(manifest, dtype={"split": str})
+    dropped = m["dropped"].astype(str).str.lower().isin(("true", "1"))
+    train = m.loc[~dropped & (m["split"] == "train"), "path"].astype(str)
+    seen = {file_sha1(p) for p in train if Path(p).is_file()}
+    return [Path(p).is_file() and file_sha1(p) in seen for p in paths]

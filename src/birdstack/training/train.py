@@ -319,20 +319,17 @@ def check_teacher_leakage(teacher: str, val_paths: pd.Series) -> None:
     says which recordings it trained on; a teacher that saw them would hand their
     labels to the student. Files are compared by content (SHA-1).
     """
-    from birdstack.utils import file_sha1
+    from birdstack.training.checkpoint import trained_on
 
-    manifest = Path(teacher).resolve().parent.parent / "data" / "manifest.csv"
-    if not manifest.is_file():
+    seen = trained_on(teacher, list(val_paths))
+    if seen is None:
         log.warning(
             "teacher %s has no run manifest beside it: cannot check that it never trained on "
             "this run's validation recordings",
             teacher,
         )
         return
-    tm = pd.read_csv(manifest)
-    trained = tm.loc[~tm["dropped"].astype(bool) & (tm["split"] == "train"), "path"]
-    seen = {file_sha1(p) for p in trained if Path(p).is_file()}
-    leaked = [p for p in val_paths if file_sha1(p) in seen]
+    leaked = [p for p, s in zip(val_paths, seen, strict=True) if s]
     if leaked:
         raise ConfigError(
             f"teacher {teacher} was trained on {len(leaked)} of this run's {len(val_paths)} "
