@@ -114,3 +114,17 @@ def test_band_median_removes_what_a_session_adds_to_every_frame():
     np.testing.assert_allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="band_norm"):
         encode_segment(db, 0, 60, 80.0, band_norm="mean")
+
+
+@pytest.mark.parametrize("frames", [1, 2, 311, 312, 313])
+def test_band_median_equals_numpy_median(frames):
+    """The partition median is np.median, ties at the dB floor and batches included."""
+    from birdstack.features.melbank import band_median
+
+    rng = np.random.default_rng(frames)
+    db = rng.normal(-60, 20, size=(4, 1, 32, frames)).astype(np.float32)
+    db = np.maximum(db, -80.0)  # the floor repeats: ties
+    db[0, 0, 3] = -80.0  # a band that is all floor
+    got = band_median(db)
+    assert got.dtype == np.float32 and got.shape == (4, 1, 32, 1)
+    np.testing.assert_array_equal(got, np.median(db, axis=-1, keepdims=True))
