@@ -120,6 +120,18 @@ def test_other_species_and_training_recordings_are_left_out_and_counted(
     scored = set(pd.read_csv(tmp_path / "all" / "predictions.csv")["rec_id"].astype(str))
     trained = manifest.loc[manifest["split"] == "train", "rec_id"].astype(str)
     assert not scored & set(trained)
+    # recordings kept, but those of a training session (author | date) are counted, warned
+    from birdstack.data.metadata import load_metadata
+    from birdstack.data.split import session_ids
+
+    meta = load_metadata(demo_dir)
+    sessions = session_ids(meta[meta["rec_id"].astype(str).isin(scored)])
+    train_sessions = set(manifest.loc[manifest["split"] == "train", "session"].astype(str))
+    same = int(sessions.isin({t for t in train_sessions if " | " in t}).sum())
+    assert metrics["shares_training_session"] == same
+    assert (f"{same} of the {len(scored)} recording(s) come from a recording session" in out) == (
+        same > 0
+    )
     # opted in: scored, with a warning
     args = build_parser().parse_args(
         [*base, "--out", str(tmp_path / "inc"), "--no-progress", "--include-trained"]
@@ -133,24 +145,27 @@ def test_other_species_and_training_recordings_are_left_out_and_counted(
 
 
 def test_evaluating_only_training_recordings_is_refused(stacked_run, demo_dir, cache_dir, tmp_path):
-    # a copy of the training recordings in another folder: caught by content
+    # a copy of the training recordings in another folder, with their metadata: caught by
+    # content, and every one of them counted as a recording of a training session
     import shutil
-
-    from birdstack.data.metadata import load_metadata
 
     manifest = pd.read_csv(stacked_run / "data" / "manifest.csv", dtype={"rec_id": str})
     trained = manifest[(manifest["split"] == "train") & ~manifest["dropped"].astype(bool)]
-    meta = load_metadata(demo_dir)
+    meta = pd.read_csv(demo_dir / "train_metadata.csv")
+    meta = meta[meta["filename"].str.replace(r"\.\w+$", "", regex=True).isin(trained["rec_id"])]
+    assert len(meta) == len(trained)
     copy = tmp_path / "copy"
-    for _, r in meta[meta["rec_id"].isin(trained["rec_id"])].iterrows():
-        dst = copy / r["primary_label"] / Path(r["path"]).name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(r["path"], dst)
+    for name in meta["filename"]:
+        (copy / "train_audio" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(demo_dir / "train_audio" / name, copy / "train_audio" / name)
+    meta.to_csv(copy / "train_metadata.csv", index=False)
     ckpt = stacked_run / "checkpoints" / "best.ckpt"
     with pytest.raises(BadInputError, match=f"all {len(trained)} selected recordings"):
         evaluate_checkpoint(ckpt, copy, cache_dir=cache_dir, progress=False)
     res = evaluate_checkpoint(ckpt, copy, cache_dir=cache_dir, progress=False, include_trained=True)
     assert res.recording.n == len(trained)
+    assert res.same_session == len(trained)  # every demo recording has an author and a date
+    assert res.to_dict()["shares_training_session"] == len(trained)
 
 
 def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, tmp_path):

@@ -118,6 +118,8 @@ class EvalResult:
     scores: np.ndarray | None = None
     open_set: float | None = None
     n_negatives: int = 0
+    # scored recordings from a recording session (author | date) the checkpoint trained on
+    same_session: int = 0
 
     @property
     def multilabel(self) -> bool:
@@ -131,6 +133,7 @@ class EvalResult:
             "encoding": self.encoding,
             "n_recordings": self.recording.n,
             "excluded": self.excluded,
+            "shares_training_session": self.same_session,
             "recording": self.recording.to_dict(),
             "window": self.window.to_dict() if self.window is not None else None,
             **(
@@ -161,6 +164,11 @@ class EvalResult:
                 "Left out: "
                 + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in self.excluded.items() if n)
                 + "."
+            )
+        if self.same_session:
+            lines.append(
+                f"{self.same_session} of them share a recording session with the checkpoint's "
+                "training recordings: their figures are optimistic."
             )
         lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for _, c in r.per_class.iterrows():
@@ -284,40 +292,60 @@ def leave_out_trained(
     include_trained: bool,
     excluded: dict[str, int],
     console: Console,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, int]:
     """Leave out the recordings the checkpoint's own run trained on (or, with
-    ``include_trained``, keep them and say the figures are optimistic).
+    ``include_trained``, keep them and say the figures are optimistic); returns the rows
+    to score and how many of them share a recording session with the training ones.
 
     Only used without ``--manifest``: a user who points ``--data`` at the folder the
     model was trained on would otherwise score its training recordings. The run's
-    manifest beside the checkpoint says which those are (compared by content).
+    manifest beside the checkpoint says which those are (compared by content) and their
+    sessions (``author | date``, :func:`~birdstack.data.split.session_ids`); a recording
+    of a training session is kept, with a warning, as it is new audio of a known place
+    and day.
     """
-    from birdstack.training.checkpoint import trained_on
+    from birdstack.data.split import session_ids
+    from birdstack.training.checkpoint import run_manifest, trained_on
 
     seen = trained_on(ckpt, rows["path"].astype(str).tolist())
-    if seen is None or not any(seen):
-        return rows
+    if seen is None:
+        return rows, 0
     n = int(sum(seen))
-    if include_trained:
+    if n and include_trained:
         console.print(
             f"[yellow]warning:[/yellow] {n} of the {len(rows)} recording(s) trained this "
             "checkpoint: their figures are optimistic"
         )
-        return rows
-    excluded["used_in_training"] = n
-    console.print(
-        f"{n} recording(s) left out: the checkpoint's run trained on them "
-        "(--include-trained scores them too)"
-    )
-    keep = ~np.asarray(seen)
-    if not keep.any():
-        raise BadInputError(
-            str(ckpt),
-            f"all {n} selected recordings of the data were used to train this checkpoint. "
-            "Evaluate on other recordings, on the run's validation fold (--manifest "
-            "RUN/data/manifest.csv --split val), or pass --include-trained",
+    elif n:
+        excluded["used_in_training"] = n
+        console.print(
+            f"{n} recording(s) left out: the checkpoint's run trained on them "
+            "(--include-trained scores them too)"
         )
-    return rows[keep].reset_index(drop=True)
+        keep = ~np.asarray(seen)
+        if not keep.any():
+            raise BadInputError(
+                str(ckpt),
+                f"all {n} selected recordings of the data were used to train this checkpoint. "
+                "Evaluate on other recordings, on the run's validation fold (--manifest "
+                "RUN/data/manifest.csv --split val), or pass --include-trained",
+            )
+        rows = rows[keep].reset_index(drop=True)
+    m = pd.read_csv(run_manifest(ckpt), dtype={"split": str, "session": str})
+    if "session" not in m:
+        return rows, 0
+    dropped = m["dropped"].astype(str).str.lower().isin(("true", "1"))
+    trained = set(m.loc[~dropped & (m["split"] == "train"), "session"].dropna())
+    trained = {t for t in trained if " | " in t}  # author | date; not a recording's own id
+    same = int(session_ids(rows).isin(trained).sum()) if trained else 0
+    if same:
+        console.print(
+            f"[yellow]warning:[/yellow] {same} of the {len(rows)} recording(s) come from a "
+            "recording session (author | date) the checkpoint trained on: their figures are "
+            "optimistic (--manifest RUN/data/manifest.csv --split val scores the run's "
+            "session-grouped validation fold)"
+        )
+    return rows, same
 
 
 def cached_features(
@@ -421,8 +449,9 @@ def evaluate_checkpoint(
         console.print(f"{excluded['missing_file']} recording(s) left out: audio file not found")
     if rows.empty:
         raise BadInputError(str(data), "no recordings of the checkpoint's classes to evaluate")
+    same_session = 0
     if manifest is None and str(ckpt) != BIRDNET_REFERENCE:
-        rows = leave_out_trained(rows, ckpt, include_trained, excluded, console)
+        rows, same_session = leave_out_trained(rows, ckpt, include_trained, excluded, console)
 
     paths = [Path(p) for p in rows["path"]]
     label_idx = {c: i for i, c in enumerate(classes)}
@@ -484,6 +513,7 @@ def evaluate_checkpoint(
         window=window,
         predictions=predictions,
         excluded=excluded,
+        same_session=same_session,
     )
     return _finish(result, probs, out_dir, data, manifest, split, console)
 
@@ -585,8 +615,9 @@ def evaluate_multilabel(
     rows, excluded = multilabel_rows(data, classes, manifest, split)
     if rows.empty:
         raise BadInputError(str(data), "no recordings to evaluate")
+    same_session = 0
     if manifest is None and str(ckpt) != BIRDNET_REFERENCE:
-        rows = leave_out_trained(rows, ckpt, include_trained, excluded, console)
+        rows, same_session = leave_out_trained(rows, ckpt, include_trained, excluded, console)
     paths = [Path(p) for p in rows["path"]]
     index = {c: i for i, c in enumerate(classes)}
     thr = np.asarray(pred.thresholds, dtype=np.float64)
@@ -647,6 +678,7 @@ def evaluate_multilabel(
         scores=s[~neg],
         open_set=float(predicted[neg].any(axis=1).mean()) if neg.any() else None,
         n_negatives=int(neg.sum()),
+        same_session=same_session,
     )
     return _finish(result, s, out_dir, data, manifest, split, console)
 
