@@ -168,6 +168,25 @@ def test_evaluating_only_training_recordings_is_refused(stacked_run, demo_dir, c
     assert res.to_dict()["shares_training_session"] == len(trained)
 
 
+def test_trained_on_compares_content_not_names_or_sizes(stacked_run, tmp_path):
+    from birdstack.training.checkpoint import trained_on
+
+    manifest = pd.read_csv(stacked_run / "data" / "manifest.csv")
+    kept = manifest[~manifest["dropped"].astype(bool)]
+    train = Path(kept.loc[kept["split"] == "train", "path"].iloc[0])
+    val = Path(kept.loc[kept["split"] == "val", "path"].iloc[0])
+    same_size = tmp_path / train.name  # same name and size, other bytes
+    same_size.write_bytes(bytes(b ^ 0xFF for b in train.read_bytes()))
+    copy = tmp_path / "renamed.bin"
+    copy.write_bytes(train.read_bytes())
+    ckpt = stacked_run / "checkpoints" / "best.ckpt"
+    paths = [str(train), str(val), str(same_size), str(copy), str(tmp_path / "missing.ogg")]
+    assert trained_on(ckpt, paths) == [True, False, False, True, False]
+    moved = tmp_path / "moved.ckpt"  # out of its run folder: nothing to compare with
+    moved.write_bytes(ckpt.read_bytes())
+    assert trained_on(moved, paths) is None
+
+
 def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, tmp_path):
     # 2.5 s windows every 5 s on 2 species, trained on one random crop per recording and
     # epoch (validated on every window): small and quick

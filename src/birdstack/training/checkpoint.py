@@ -106,6 +106,8 @@ def run_manifest(checkpoint: str | os.PathLike[str]) -> Path | None:
 def trained_on(checkpoint: str | os.PathLike[str], paths: list[str]) -> list[bool] | None:
     """Which of ``paths`` the checkpoint's run trained on (kept ``train`` rows of its
     manifest), compared by content (SHA-1), so copies and moved folders are caught too.
+    Only files whose size equals a training file's are hashed, so scoring a large
+    archive reads little more than its directory entries.
 
     ``None`` when the checkpoint has no run manifest beside it (nothing to compare with).
     """
@@ -118,6 +120,20 @@ def trained_on(checkpoint: str | os.PathLike[str], paths: list[str]) -> list[boo
         return None
     m = pd.read_csv(manifest, dtype={"split": str})
     dropped = m["dropped"].astype(str).str.lower().isin(("true", "1"))
-    train = m.loc[~dropped & (m["split"] == "train"), "path"].astype(str)
-    seen = {file_sha1(p) for p in train if Path(p).is_file()}
-    return [Path(p).is_file() and file_sha1(p) in seen for p in paths]
+    by_size: dict[int, list[str]] = {}
+    for p in m.loc[~dropped & (m["split"] == "train"), "path"].astype(str):
+        if Path(p).is_file():
+            by_size.setdefault(Path(p).stat().st_size, []).append(p)
+    hashes: dict[int, set[str]] = {}
+
+    def seen(path: str) -> bool:
+        if not Path(path).is_file():
+            return False
+        size = Path(path).stat().st_size
+        if size not in by_size:
+            return False
+        if size not in hashes:
+            hashes[size] = {file_sha1(t) for t in by_size[size]}
+        return file_sha1(path) in hashes[size]
+
+    return [seen(p) for p in paths]
