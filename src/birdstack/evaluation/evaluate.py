@@ -305,11 +305,13 @@ def leave_out_trained(
     and day.
     """
     from birdstack.data.split import session_ids
-    from birdstack.training.checkpoint import run_manifest, trained_on
+    from birdstack.training.checkpoint import trained_on, training_rows
 
-    seen = trained_on(ckpt, rows["path"].astype(str).tolist())
-    if seen is None:
+    train = training_rows(ckpt)
+    if train is None:
         return rows, 0
+    seen = trained_on(ckpt, rows["path"].astype(str).tolist(), train)
+    assert seen is not None
     n = int(sum(seen))
     if n and include_trained:
         console.print(
@@ -331,12 +333,10 @@ def leave_out_trained(
                 "RUN/data/manifest.csv --split val), or pass --include-trained",
             )
         rows = rows[keep].reset_index(drop=True)
-    m = pd.read_csv(run_manifest(ckpt), dtype={"split": str, "session": str})
-    if "session" not in m:
+    if "session" not in train:
         return rows, 0
-    dropped = m["dropped"].astype(str).str.lower().isin(("true", "1"))
-    trained = set(m.loc[~dropped & (m["split"] == "train"), "session"].dropna())
-    trained = {t for t in trained if " | " in t}  # author | date; not a recording's own id
+    # author | date; not a recording's own id
+    trained = {t for t in train["session"].dropna() if " | " in t}
     same = int(session_ids(rows).isin(trained).sum()) if trained else 0
     if same:
         console.print(

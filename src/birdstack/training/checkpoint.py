@@ -103,25 +103,38 @@ def run_manifest(checkpoint: str | os.PathLike[str]) -> Path | None:
     return manifest if manifest.is_file() else None
 
 
-def trained_on(checkpoint: str | os.PathLike[str], paths: list[str]) -> list[bool] | None:
-    """Which of ``paths`` the checkpoint's run trained on (kept ``train`` rows of its
-    manifest), compared by content (SHA-1), so copies and moved folders are caught too.
-    Only files whose size equals a training file's are hashed, so scoring a large
-    archive reads little more than its directory entries.
-
-    ``None`` when the checkpoint has no run manifest beside it (nothing to compare with).
-    """
+def training_rows(checkpoint: str | os.PathLike[str]) -> Any:
+    """The kept ``train`` rows of the checkpoint's run manifest (a DataFrame), or ``None``
+    for a checkpoint moved out of its run."""
     import pandas as pd
-
-    from birdstack.utils import file_sha1
 
     manifest = run_manifest(checkpoint)
     if manifest is None:
         return None
-    m = pd.read_csv(manifest, dtype={"split": str})
+    m = pd.read_csv(manifest, dtype={"split": str, "session": str})
     dropped = m["dropped"].astype(str).str.lower().isin(("true", "1"))
+    return m[~dropped & (m["split"] == "train")]
+
+
+def trained_on(
+    checkpoint: str | os.PathLike[str], paths: list[str], train: Any = None
+) -> list[bool] | None:
+    """Which of ``paths`` the checkpoint's run trained on (``train``: its
+    :func:`training_rows`, read here when not given), compared by content (SHA-1), so
+    copies and moved folders are caught too. Only files whose size equals a training
+    file's are hashed, so scoring a large archive reads little more than its directory
+    entries.
+
+    ``None`` when the checkpoint has no run manifest beside it (nothing to compare with).
+    """
+    from birdstack.utils import file_sha1
+
+    if train is None:
+        train = training_rows(checkpoint)
+    if train is None:
+        return None
     by_size: dict[int, list[str]] = {}
-    for p in m.loc[~dropped & (m["split"] == "train"), "path"].astype(str):
+    for p in train["path"].astype(str):
         if Path(p).is_file():
             by_size.setdefault(Path(p).stat().st_size, []).append(p)
     hashes: dict[int, set[str]] = {}
