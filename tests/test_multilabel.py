@@ -287,12 +287,81 @@ def test_multilabel_on_focal_demo_recordings(demo_dir, tmp_path, cache_dir):
     assert kept["labels"].map(json.loads).map(len).max() >= 1
 
 
+def test_other_species_become_negatives_split_by_session(demo_dir, cache_dir):
+    """data.other_species=negatives: the unselected species' recordings are kept as
+    all-negative examples in both splits (grouped by session like the rest), except
+    those whose secondary labels name a selected species, which stay positives for it."""
+    from birdstack.data.prepare import prepare
+
+    def prep(other: str) -> pd.DataFrame:
+        cfg = Config.from_dict(
+            {
+                "data": {
+                    "path": str(demo_dir),
+                    "top_k": 3,
+                    "cache_dir": str(cache_dir),
+                    "other_species": other,
+                },
+                "task": {"kind": "multilabel"},
+            }
+        )
+        m = prepare(cfg.data, cfg.preprocessing, progress=False, task=cfg.task).manifest
+        return m[~m["dropped"]]
+
+    kept, dropped = prep("negatives"), prep("drop")
+    classes = sorted(set(dropped["primary_label"]))
+    assert len(classes) == 3
+    neg = kept[kept["negative"].astype(bool)]
+    assert len(neg) > 0 and not neg["primary_label"].isin(classes).any()
+    assert (neg["labels"].map(json.loads).map(len) == 0).all()  # no targets at all
+    assert set(neg["split"]) == {"train", "val"}
+    others = kept[~kept["primary_label"].isin(classes)]
+    positives = others[~others["negative"].astype(bool)]
+    # an other species' recording with a selected species among its secondary labels
+    assert (positives["labels"].map(json.loads).map(len) > 0).all()
+    assert len(kept) == len(dropped) + len(others)
+    for _, g in kept.groupby("session"):
+        assert g["fold"].nunique() == 1  # a session is never split across folds
+    assert dropped["primary_label"].isin(classes).all()
+
+
+def test_multilabel_ranks_species_by_their_own_recordings(demo_dir, tmp_path, cache_dir):
+    """--top-k counts a focal recording for its primary label only: a background bird
+    named as a secondary label in many recordings does not displace the species the
+    recordings are of (it stays a target when asked for by name)."""
+    from birdstack.data.prepare import prepare
+
+    meta = pd.read_csv(demo_dir / "train_metadata.csv")
+    meta["secondary_labels"] = "['sylvia_atricapilla']"  # in every recording's background
+    (tmp_path / "train_audio").symlink_to(demo_dir / "train_audio")
+    meta.to_csv(tmp_path / "train_metadata.csv", index=False)
+
+    def classes(**data) -> list[str]:
+        cfg = Config.from_dict(
+            {
+                "data": {"path": str(tmp_path), "cache_dir": str(cache_dir), **data},
+                "task": {"kind": "multilabel"},
+            }
+        )
+        return prepare(cfg.data, cfg.preprocessing, progress=False, task=cfg.task).classes
+
+    top = classes(top_k=2)
+    assert "sylvia_atricapilla" not in top
+    assert top == sorted(meta["primary_label"].unique())[:2]  # 8 recordings each: by name
+    assert "sylvia_atricapilla" in classes(top_k=None, species=[top[0], "sylvia_atricapilla"])
+
+
 def test_multilabel_refuses_what_it_cannot_do(demo_dir):
     from birdstack.data.prepare import prepare
 
     cfg = Config.from_dict({"data": {"path": str(demo_dir), "negatives": ["x"]}})
     with pytest.raises(ConfigError, match="needs task.kind=multilabel"):
         prepare(cfg.data, cfg.preprocessing, progress=False)
+    cfg = Config.from_dict({"data": {"path": str(demo_dir), "other_species": "negatives"}})
+    with pytest.raises(ConfigError, match="other_species=negatives .* needs task.kind=multilabel"):
+        prepare(cfg.data, cfg.preprocessing, progress=False)
+    with pytest.raises(ConfigError, match="other_species='keep' is not one of 'drop', 'negatives'"):
+        Config.from_dict({"data": {"other_species": "keep"}})
     from birdstack.training.train import validate_config
 
     bad = cfg.override(

@@ -339,6 +339,14 @@ class DataConfig:
     user's empty recordings), added to every fold as all-negative examples
     (``task.kind=multilabel`` only).
 
+    ``other_species`` (``task.kind=multilabel`` only): what happens to the focal
+    recordings of species outside the selection (``--top-k``, ``--species``):
+    ``drop`` them (the study's rule), or keep them as ``negatives``: examples of other
+    birds the detector must not report (outlier exposure), split into folds by session
+    like every other recording, so each validation fold measures false detections on
+    other species' sessions it never saw (``val/rec_open_set``). A recording whose
+    secondary labels name a selected species is a positive for it, not a negative.
+
     ``group_by``: what one fold keeps together: the recording ``session`` (author +
     date), or ``file_block``: blocks of ``block_size`` consecutive file numbers (the
     last number in each file's name), for collections such as NIPS4B that cut long
@@ -371,6 +379,7 @@ class DataConfig:
     workers: int = 0
     min_class_recordings: int = 5
     negatives: tuple[str, ...] = ()
+    other_species: Literal["drop", "negatives"] = "drop"
     group_by: Literal["session", "file_block"] = "session"
     block_size: int = 25
 

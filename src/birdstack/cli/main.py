@@ -94,6 +94,13 @@ DATA_OPTS = [
         "multilabel: comma-separated folders of clips with no target species (all-negative)",
     ),
     Opt(
+        "--other-species",
+        "data.other_species",
+        str,
+        "multilabel: what becomes of recordings of species outside the selection: drop | "
+        "negatives (examples of other birds the detector must not report)",
+    ),
+    Opt(
         "--group-by",
         "data.group_by",
         str,

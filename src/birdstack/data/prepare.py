@@ -149,23 +149,47 @@ def row_labels(df: pd.DataFrame) -> pd.Series:
 
 
 def _select_multilabel(df: pd.DataFrame, data: DataConfig) -> list[str]:
-    """Multi-label species selection: labels ranked by the recordings they occur in.
+    """Multi-label species selection: labels ranked by their own recordings.
 
+    A focal recording counts for its primary label (the species it was made of, as in
+    the single-label task; its secondary labels are background birds and stay targets
+    without ranking their species), a soundscape clip for every species of its events.
+    An explicit ``data.species`` may name any label, secondary ones included.
     Focal recordings (no events) of species outside the selection are dropped as in
-    the single-label task; soundscapes and negatives stay (their other species are
-    simply not targets).
+    the single-label task, or kept as negatives (``data.other_species``); soundscapes
+    and negatives stay (their other species are simply not targets).
     """
     live = df[~df["dropped"]]
-    exploded = pd.DataFrame(
-        {"primary_label": [lab for labs in live["labels"] for lab in dict.fromkeys(labs)]}
-    )
-    if exploded.empty:
+    every = [lab for labs in live["labels"] for lab in dict.fromkeys(labs)]
+    if not every:
         raise ConfigError(f"{data.path}: no species labels found in the data")
+    if data.species is not None:
+        ranked = every
+    else:
+        ranked = [
+            lab
+            for soundscape, negative, prim, labs in zip(
+                live["is_soundscape"], live["negative"], live["primary_label"], live["labels"]
+            )
+            if not negative
+            for lab in (dict.fromkeys(labs) if soundscape else [str(prim)] if str(prim) else [])
+        ]
     classes = select_species(
-        exploded, top_k=data.top_k, species=data.species, min_recordings=data.min_recordings
+        pd.DataFrame({"primary_label": ranked}),
+        top_k=data.top_k,
+        species=data.species,
+        min_recordings=data.min_recordings,
     )
     focal = ~df["is_soundscape"] & ~df["negative"]
-    _drop(df, focal & ~df["primary_label"].isin(classes), "species not selected")
+    others = focal & ~df["primary_label"].isin(classes) & ~df["dropped"]
+    if data.other_species == "negatives":
+        # outlier exposure: other birds are what a detector must learn not to report;
+        # a secondary label of a selected species keeps the recording a positive for it
+        chosen = set(classes)
+        no_target = pd.Series([not chosen.intersection(labs) for labs in df["labels"]], df.index)
+        df.loc[others & no_target, "negative"] = True
+    else:
+        _drop(df, others, "species not selected")
     return classes
 
 
@@ -204,6 +228,12 @@ def prepare(
     console = console or Console(stderr=True)
     preprocessing = preprocessing.resolved()  # encoding "auto" -> the front end's own
     multilabel = task is not None and task.multilabel
+    if data.other_species == "negatives" and not multilabel:
+        raise ConfigError(
+            "data.other_species=negatives (other species' recordings as examples to reject) "
+            "needs task.kind=multilabel: a single-label model names one of its species in "
+            "every window; add --task multilabel"
+        )
     if data.negatives and not multilabel:
         raise ConfigError(
             "data.negatives (clips with no target species) needs task.kind=multilabel: a "
