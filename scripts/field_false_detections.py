@@ -7,6 +7,9 @@ every species at or above its stored threshold):
 
 * **focal**: the run's validation recordings of its species (held-out sessions): the share
   whose own species is among the detections, and the share with a detection of another;
+* **other species** (runs with ``data.other_species=negatives``): the validation
+  recordings of species the run learned to reject (held-out sessions): the share with
+  any detection;
 * each ``--field NAME=DIR``: audio without any of the run's species (e.g. NIPS4B
   soundscapes of other species, bird-free clips): the share of files with any detection.
   Files the run trained on (its manifest's training rows, e.g. ``data.negatives``) are
@@ -63,8 +66,12 @@ def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[d
     manifest = pd.read_csv(run / "data" / "manifest.csv")
     kept = manifest[~manifest["dropped"].astype(bool)]
     trained = {str(Path(p).resolve()) for p in kept.loc[kept["split"] == "train", "path"]}
-    negative = kept["rec_id"].astype(str).str.startswith("negatives/")
+    from_folder = kept["rec_id"].astype(str).str.startswith("negatives/")
+    flagged = kept.get("negative", pd.Series(False, index=kept.index))
+    negative = from_folder | flagged.astype(str).str.lower().isin(("true", "1"))
     focal = kept[(kept["split"] == "val") & ~negative]
+    # data.other_species=negatives: held-out recordings of the species the run rejects
+    others = kept[(kept["split"] == "val") & negative & ~from_folder]
     predictor = Predictor.from_checkpoint(run / "checkpoints" / "last.ckpt")
     opts = settings(predictor, strict)
     # a sweep's run names its variant; a plain `birdstack train` run is its own
@@ -91,6 +98,15 @@ def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[d
     for name in opts:
         rows[name]["focal: own species detected"] = hits[name][0] / max(1, len(focal))
         rows[name]["focal: another species detected"] = hits[name][1] / max(1, len(focal))
+    if len(others):
+        any_det = {name: 0 for name in opts}
+        for path in others["path"]:
+            pred = predictor.predict(path)
+            for name, o in opts.items():
+                any_det[name] += bool(pred.detections(o))
+        for name in opts:
+            rows[name]["other species: files"] = len(others)
+            rows[name]["other species: files with a detection"] = any_det[name] / len(others)
     for group, folder in fields.items():
         files = [p for p in find_audio_files(folder) if str(p.resolve()) not in trained]
         any_det = {name: 0 for name in opts}

@@ -329,6 +329,7 @@ def _recipe_cfg(demo_dir, cache_dir, noise_dir, out: Path, **over) -> Config:
             f"data.cache_dir={cache_dir}",
             "data.top_k=3",
             "data.workers=1",
+            "task.kind=multiclass",
             "preprocessing.encoding.kind=segments",
             "preprocessing.encoding.train_crops=1",
             f"augment.noise_dir={noise_dir}",
@@ -410,7 +411,7 @@ def test_training_defaults_follow_the_front_end_and_keep_what_a_config_sets(tmp_
     from birdstack.training.train import resolve_config
 
     # a log-mel CNN trains with the recipe minus noise (default_recipe_compact) ...
-    cnn = resolve_config(Config())
+    cnn = resolve_config(Config().override({"task.kind": "multiclass"}))
     assert (cnn.optim.scheduler, cnn.optim.warmup_epochs, cnn.optim.label_smoothing) == (
         "warmup_cosine",
         1.0,
@@ -426,8 +427,9 @@ def test_training_defaults_follow_the_front_end_and_keep_what_a_config_sets(tmp_
         0.0,
     )
     assert head.augment.specaugment is False and head.augment.mixup_alpha == 0.0
-    # multi-label BCE has no label smoothing
-    assert resolve_config(Config().override({"task.kind": "multilabel"})).optim.label_smoothing == 0
+    # the default task is the detector: multi-label BCE has no label smoothing
+    assert Config().task.kind == "multilabel" and Config().data.other_species == "negatives"
+    assert resolve_config(Config()).optim.label_smoothing == 0
     # what a config or a flag says is kept; a schedule of its own has no warm-up
     argv = ["train", "--no-specaugment", "--mixup", "0", "--scheduler", "cosine"]
     plain = resolve_config(config_from_args(build_parser().parse_args(argv)))
@@ -445,7 +447,7 @@ def test_training_defaults_follow_the_front_end_and_keep_what_a_config_sets(tmp_
 
     assert "SpecAugment, mixup 0.4 (no noise" in describe_training(cnn)
     assert describe_training(plain).endswith(
-        "cosine per epoch, label smoothing 0.1, 20 epochs of batch 16; "
+        "cosine per epoch, 20 epochs of batch 16; "  # a detector: BCE, no label smoothing
         "no augmentation (no noise: --noise-dir DIR adds it)"
     )
     noisy = resolve_config(Config().override({"augment.noise_dir": str(tmp_path)}))

@@ -217,6 +217,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, cache_dir:
     cfg = Config.from_dict(
         {
             "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "task": {"kind": "multiclass"},  # the single-label task under test
             "model": {"name": "birdnet_fused", "dropout": 0.5},
             "trainer": {"epochs": 3, "batch_size": 8, "progress": False},
             "out_dir": str(out),

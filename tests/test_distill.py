@@ -79,6 +79,7 @@ def demo_teacher(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, cache
     cfg = Config.from_dict(
         {
             "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "task": {"kind": "multiclass"},  # the single-label task under test
             "model": {"name": "birdnet_linear", "dropout": 0.5},
             "trainer": {"epochs": 2, "batch_size": 8, "progress": False},
             "out_dir": str(out),
@@ -90,6 +91,7 @@ def demo_teacher(tmp_path_factory: pytest.TempPathFactory, demo_dir: Path, cache
 def _student_cfg(demo_dir: Path, cache_dir: Path, out: Path, teacher: str, **extra) -> Config:
     base = {
         "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+        "task": {"kind": "multiclass"},  # the single-label task under test
         "preprocessing": {"encoding": {"kind": "segments", "train_crops": 1}},
         "model": {"name": "mobilenet_compact"},
         "trainer": {"epochs": 1, "batch_size": 8, "progress": False},

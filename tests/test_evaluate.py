@@ -27,6 +27,7 @@ def _train(out: Path, demo_dir: Path, cache_dir: Path, **over) -> Path:
     cfg = Config.from_dict(
         {
             "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "task": {"kind": "multiclass"},  # the single-label task under test
             "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},
             "trainer": {"epochs": 1, "batch_size": 8, "progress": False, "accelerator": "cpu"},
             "out_dir": str(out),

@@ -83,6 +83,7 @@ def _train(demo_dir: Path, cache_dir: Path, out: Path, encoding: dict) -> Traine
     cfg = Config.from_dict(
         {
             "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "task": {"kind": "multiclass"},  # the single-label task under test
             "preprocessing": {"encoding": encoding},
             "trainer": {
                 "epochs": 1,

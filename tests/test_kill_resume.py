@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]
 
 # two species of the demo data (16 recordings), two folds, pad short recordings
 DATA = ["--top-k", "2", "--folds", "2", "--encoding", "stacked", "--short", "pad", "--workers", "1"]
-DATA += ["--no-progress"]
+DATA += ["--no-progress", "--task", "multiclass"]
 TRAIN = ["--epochs", "3", "--batch-size", "8", "--accelerator", "cpu"]
 HISTORY = ["train/loss", "val/loss", "val/acc"]
 N_RECORDINGS = 6  # predict
@@ -196,6 +196,7 @@ def test_sweep_killed_inside_a_run_resumes_to_the_same_metrics(
         "name: killed\n"
         f"base:\n  data: {{path: {demo_dir}, top_k: 2, n_folds: 2, workers: 1}}\n"
         "  preprocessing: {encoding: {kind: stacked, short: pad}}\n"
+        "  task: {kind: multiclass}\n"
         "  trainer: {epochs: 3, batch_size: 8, accelerator: cpu}\n"
         "folds: [0]\nseeds: [0]\n"
     )

@@ -357,9 +357,6 @@ def test_multilabel_refuses_what_it_cannot_do(demo_dir):
     cfg = Config.from_dict({"data": {"path": str(demo_dir), "negatives": ["x"]}})
     with pytest.raises(ConfigError, match="needs task.kind=multilabel"):
         prepare(cfg.data, cfg.preprocessing, progress=False)
-    cfg = Config.from_dict({"data": {"path": str(demo_dir), "other_species": "negatives"}})
-    with pytest.raises(ConfigError, match="other_species=negatives .* needs task.kind=multilabel"):
-        prepare(cfg.data, cfg.preprocessing, progress=False)
     with pytest.raises(ConfigError, match="other_species='keep' is not one of 'drop', 'negatives'"):
         Config.from_dict({"data": {"other_species": "keep"}})
     from birdstack.training.train import validate_config
@@ -529,3 +526,59 @@ def test_onnx_export_keeps_thresholds_and_sigmoid(ml_run, tmp_path):
     p_torch = via_torch.activation(via_torch.logits(x))
     np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
     assert not np.allclose(p_torch.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
+
+
+def test_birdstack_train_makes_a_detector_by_default(demo_dir, cache_dir, tmp_path, monkeypatch):
+    """`birdstack train` with no --task: a multi-label detector whose training and
+    validation folds hold the other species' recordings as negatives; its checkpoint
+    carries per-species thresholds, so predict may report nothing; --task multiclass is
+    the study's single-label classifier."""
+    from tests.test_reliability import run_cli
+
+    from birdstack.inference.predictor import Predictor
+    from birdstack.training.checkpoint import load_checkpoint
+
+    argv = ["train", "--data", str(demo_dir), "--cache-dir", str(cache_dir), "--top-k", "3"]
+    argv += [
+        "--set",
+        "preprocessing.encoding.train_crops=1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
+    assert run_cli([*argv, "--out", str(tmp_path / "det")], monkeypatch) == 0
+    ckpt = tmp_path / "det" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(ckpt)["birdstack"]["task"] == "multilabel"
+    pred = Predictor.from_checkpoint(ckpt)
+    assert pred.multilabel and len(pred.thresholds) == 3 == len(pred.classes)
+    m = pd.read_csv(tmp_path / "det" / "data" / "manifest.csv")
+    kept = m[~m["dropped"].astype(bool)]
+    neg = kept[kept["negative"].astype(bool)]
+    assert (
+        set(neg["split"]) == {"train", "val"} and not neg["primary_label"].isin(pred.classes).any()
+    )
+    hist = pd.read_csv(tmp_path / "det" / "logs" / "metrics.csv")
+    assert hist["val/rec_open_set"].notna().any()  # false detections on other species
+
+    # scripts/detector_thresholds.py re-chooses the thresholds from predict's window
+    # scores: its rule "without negatives" is the run's own (the stored thresholds)
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "detector_thresholds.py"
+    spec = importlib.util.spec_from_file_location("detector_thresholds", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.score_run(tmp_path / "det", {}, 0.1)
+    assert [r["rule"].split(" (")[0] for r in rows] == ["without negatives", "with negatives"]
+    assert rows[0]["thresholds"] == rows[0]["stored thresholds"]
+
+    assert (
+        run_cli([*argv, "--task", "multiclass", "--out", str(tmp_path / "cls")], monkeypatch) == 0
+    )
+    block = load_checkpoint(tmp_path / "cls" / "checkpoints" / "last.ckpt")["birdstack"]
+    assert block.get("task", "multiclass") == "multiclass"
+    m = pd.read_csv(tmp_path / "cls" / "data" / "manifest.csv")
+    assert m.loc[~m["dropped"].astype(bool), "primary_label"].nunique() == 3  # others dropped

@@ -136,6 +136,7 @@ def test_training_logs_one_line_per_epoch(trained_run, demo_dir, cache_dir, tmp_
     cfg = Config.from_dict(
         {
             "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "task": {"kind": "multiclass"},  # the single-label task under test
             "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},  # as trained_run
             "trainer": {"epochs": 2, "batch_size": 16, "progress": True, "accelerator": "cpu"},
             "out_dir": str(tmp_path / "run"),

@@ -130,6 +130,7 @@ def _prepare(demo_dir: Path, cache_dir: Path, **over):
     cfg = Config.from_dict(
         {
             "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+            "task": {"kind": "multiclass"},  # the single-label task under test
             "preprocessing": {"encoding": {"kind": "stacked"}},  # whose short rule drops
         }
     ).override(over)
@@ -201,7 +202,7 @@ def test_guard_after_balancing_names_every_capped_class(demo_dir, cache_dir):
 def test_guard_through_the_command_line(demo_dir, cache_dir, tmp_path, monkeypatch, caplog):
     argv = ["prepare", "--data", str(demo_dir), "--cache-dir", str(cache_dir), "--workers", "1"]
     argv += ["--encoding", "stacked", "--short", "drop", "--out", str(tmp_path / "prep")]
-    argv += ["--no-progress"]
+    argv += ["--no-progress", "--task", "multiclass"]  # the study's single-label rules
     with caplog.at_level(logging.ERROR, logger="birdstack"):
         assert run_cli(argv, monkeypatch) == 2
     assert "too few recordings left" in caplog.text and "margarops_fuscatus: 4 left" in caplog.text

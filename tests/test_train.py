@@ -27,6 +27,7 @@ pytestmark = pytest.mark.xdist_group("train")
 def _cfg(demo_dir: Path, cache_dir: Path, out: Path, **over) -> Config:
     base = {
         "data": {"path": str(demo_dir), "cache_dir": str(cache_dir), "workers": 1},
+        "task": {"kind": "multiclass"},  # the single-label task under test
         "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},
         "trainer": {"epochs": 3, "batch_size": 8, "progress": False, "accelerator": "cpu"},
         "out_dir": str(out),
@@ -290,6 +291,8 @@ def test_two_process_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
         "2",
         "--strategy",
         "ddp",
+        "--task",
+        "multiclass",
         "--out",
         str(out),
         "--no-progress",

@@ -339,13 +339,14 @@ class DataConfig:
     user's empty recordings), added to every fold as all-negative examples
     (``task.kind=multilabel`` only).
 
-    ``other_species`` (``task.kind=multilabel`` only): what happens to the focal
-    recordings of species outside the selection (``--top-k``, ``--species``):
-    ``drop`` them (the study's rule), or keep them as ``negatives``: examples of other
-    birds the detector must not report (outlier exposure), split into folds by session
-    like every other recording, so each validation fold measures false detections on
-    other species' sessions it never saw (``val/rec_open_set``). A recording whose
-    secondary labels name a selected species is a positive for it, not a negative.
+    ``other_species`` (``task.kind=multilabel`` only; the single-label task always
+    drops them): what happens to the focal recordings of species outside the selection
+    (``--top-k``, ``--species``): keep them as ``negatives`` (the default): examples of
+    other birds the detector must not report (outlier exposure), split into folds by
+    session like every other recording, so each validation fold measures false
+    detections on other species' sessions it never saw (``val/rec_open_set``); or
+    ``drop`` them (the study's rule). A recording whose secondary labels name a
+    selected species is a positive for it, not a negative.
 
     ``group_by``: what one fold keeps together: the recording ``session`` (author +
     date), or ``file_block``: blocks of ``block_size`` consecutive file numbers (the
@@ -379,7 +380,7 @@ class DataConfig:
     workers: int = 0
     min_class_recordings: int = 5
     negatives: tuple[str, ...] = ()
-    other_species: Literal["drop", "negatives"] = "drop"
+    other_species: Literal["drop", "negatives"] = "negatives"
     group_by: Literal["session", "file_block"] = "session"
     block_size: int = 25
 
@@ -650,17 +651,20 @@ TASKS = ("multiclass", "multilabel")
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """What is predicted: one species per recording, or any number per window.
+    """What is predicted: any number of species per window, or one per recording.
 
-    ``multiclass`` (the study's): one label per recording, softmax, cross-entropy.
-    ``multilabel``: every species present is a target; sigmoid outputs, ``loss`` =
+    ``multilabel`` (the default, a detector): every species present is a target, and
+    a window may hold none of them; sigmoid outputs, ``loss`` =
     ``bce`` or ``focal`` (``focal_gamma``). A focal recording's primary label is a
     target of 1 and each secondary label one of ``secondary_weight`` (0: ignored). An
     annotated soundscape's windows get the species of the events they overlap (see
     :func:`birdstack.data.annotations.window_targets`): an event counts for a window
     when their overlap is at least ``min(min_overlap_s, min_overlap_frac x the
     event's length)`` seconds (and more than 0). Clips without any target species
-    (``data.negatives``, empty soundscapes) are all-negative examples.
+    (``data.negatives``, empty soundscapes, other species' recordings with
+    ``data.other_species=negatives``) are all-negative examples. ``multiclass`` (the
+    study's): one label per recording, softmax, cross-entropy; it names one of its
+    species in every window, even one with no bird (docs/results/detector_compact_top6).
 
     ``threshold``: the score above which ``predict`` reports a species, for classes
     whose own threshold could not be chosen; with ``tune_thresholds`` every class
@@ -670,7 +674,7 @@ class TaskConfig:
     cost in recall, see docs/results/soundscapes_nips4b), stored in the checkpoint.
     """
 
-    kind: Literal["multiclass", "multilabel"] = "multiclass"
+    kind: Literal["multiclass", "multilabel"] = "multilabel"
     loss: Literal["bce", "focal"] = "bce"
     focal_gamma: float = 2.0
     secondary_weight: float = 0.5

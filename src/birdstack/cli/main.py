@@ -84,8 +84,9 @@ DATA_OPTS = [
         "--task",
         "task.kind",
         str,
-        "multiclass (one species per recording, softmax) | multilabel (every species present, "
-        "sigmoid; annotated soundscapes, secondary labels, empty clips)",
+        "multilabel (the default: a detector, every species present per window, sigmoid, "
+        "per-species thresholds; may report none) | multiclass (the study's: one species "
+        "per recording, softmax; names one in every window)",
     ),
     Opt(
         "--negatives",
@@ -97,8 +98,8 @@ DATA_OPTS = [
         "--other-species",
         "data.other_species",
         str,
-        "multilabel: what becomes of recordings of species outside the selection: drop | "
-        "negatives (examples of other birds the detector must not report)",
+        "multilabel: what becomes of recordings of species outside the selection: negatives "
+        "(the default: other birds the detector must not report) | drop",
     ),
     Opt(
         "--group-by",

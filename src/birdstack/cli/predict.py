@@ -330,8 +330,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "single-label model: every window is given one of its %d species, even where "
             "none of them sings (the README's BirdNET head named one on 100%% of NIPS4B "
             "clips of other species, and on 25%% at --min-confidence 0.9: "
-            "docs/results/birdnet_field_top6); for field audio train a detector with "
-            "--task multilabel --negatives DIR",
+            "docs/results/birdnet_field_top6); for field audio use a detector: what "
+            "`birdstack train` makes without --task multiclass (add --negatives DIR with "
+            "bird-free clips of your site)",
             len(predictor.classes),
         )
     location = _location(args)

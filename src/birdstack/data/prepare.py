@@ -228,12 +228,6 @@ def prepare(
     console = console or Console(stderr=True)
     preprocessing = preprocessing.resolved()  # encoding "auto" -> the front end's own
     multilabel = task is not None and task.multilabel
-    if data.other_species == "negatives" and not multilabel:
-        raise ConfigError(
-            "data.other_species=negatives (other species' recordings as examples to reject) "
-            "needs task.kind=multilabel: a single-label model names one of its species in "
-            "every window; add --task multilabel"
-        )
     if data.negatives and not multilabel:
         raise ConfigError(
             "data.negatives (clips with no target species) needs task.kind=multilabel: a "
@@ -444,6 +438,16 @@ def write_prepared(prepared: PreparedData, out_dir: Path) -> None:
     )
 
 
+def _other_label(kept: pd.DataFrame) -> str:
+    """The summary's label cell for a species outside the selection: ``negative`` when its
+    kept recordings are all negatives, ``negative (k/n)`` when n - k of them are positives
+    for a selected species (a secondary label), ``-`` when none is kept as a negative."""
+    neg = int(kept.get("negative", pd.Series(False, index=kept.index)).fillna(False).sum())
+    if neg == 0:
+        return "-"
+    return "negative" if neg == len(kept) else f"negative ({neg}/{len(kept)})"
+
+
 def print_summary(prepared: PreparedData, console: Console) -> None:
     """Counts per species and split, drop reasons, and warnings, as rich tables."""
     m = prepared.manifest
@@ -459,7 +463,7 @@ def print_summary(prepared: PreparedData, console: Console) -> None:
         kept = rows[~rows["dropped"]]
         table.add_row(
             lab,
-            str(prepared.classes.index(lab)) if lab in prepared.classes else "-",
+            str(prepared.classes.index(lab)) if lab in prepared.classes else _other_label(kept),
             str(int((kept["split"] == "train").sum())),
             str(int((kept["split"] == "val").sum())),
             str(int(rows["dropped"].sum())),
@@ -483,6 +487,12 @@ def print_summary(prepared: PreparedData, console: Console) -> None:
         f"(fold {prepared.data.val_fold} of {prepared.data.n_folds}, grouped by session); "
         f"encoding {enc.kind}"
     )
+    neg = kept.get("negative", pd.Series(False, index=kept.index)).fillna(False).astype(bool)
+    if neg.any():
+        line += (
+            f"; {int(neg.sum())} of them negatives (no target species: examples the detector "
+            "must not report)"
+        )
     if prepared.preprocessing.is_birdnet:
         line += f" of BirdNET V2.4 windows (3 s every {prepared.preprocessing.birdnet.hop_s:g} s)"
     if enc.kind == "stacked":

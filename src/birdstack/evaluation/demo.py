@@ -118,6 +118,9 @@ def run_demo(
                 "cache_dir": str(cache_dir) if cache_dir else None,
             },
             "preprocessing": {"encoding": {"kind": "stacked"}},
+            # the study's task: one species per recording (the demo reproduces the study;
+            # `birdstack train`'s default is a detector, see the README)
+            "task": {"kind": "multiclass"},
             "model": {"name": "mobilenet_compact"},
             # the demo's own short schedule on stacked inputs, without augmentation
             "optim": {

@@ -585,6 +585,16 @@ def multilabel_rows(
     rows = rows[exists]
     known = set(classes)
     rows["labels"] = [[lab for lab in labs if lab in known] for labs in rows["labels"]]
+    if manifest is None:
+        # a focal recording of another species, none of the checkpoint's in it: what the
+        # detector must not report (as data.other_species=negatives trains it)
+        from birdstack.data.annotations import has_events
+
+        other = [
+            not labs and not has_events(ev) and str(prim) not in ("", "nan")
+            for labs, ev, prim in zip(rows["labels"], rows["events"], rows["primary_label"])
+        ]
+        rows.loc[other, "negative"] = True
     return rows.reset_index(drop=True), excluded
 
 
@@ -606,7 +616,8 @@ def evaluate_multilabel(
     targets come from the clip's events by :func:`~birdstack.data.annotations.
     window_targets` (a focal recording's labels hold for all its windows); a clip's
     targets are all its species. Clips with no target species that come from
-    ``data.negatives`` give the open-set figure and are left out of the others.
+    ``data.negatives`` or (without a manifest) focal recordings of other species give
+    the open-set figure and are left out of the others.
     """
     from birdstack.data.annotations import has_events, parse_events, window_targets
 

@@ -144,8 +144,9 @@ class Teacher:
             )
             raise BirdstackError(
                 f"{self.checkpoint}: a {got} teacher cannot teach a {want} student; train "
-                f"the teacher with the student's task (--task "
-                f"{'multilabel' if multilabel else 'multiclass'})"
+                f"the student with the teacher's task (--task "
+                f"{'multiclass' if multilabel else 'multilabel'}) or the teacher with the "
+                f"student's (--task {'multilabel' if multilabel else 'multiclass'})"
             )
         # distill.embedding: the tables also hold each window's BirdNET embedding
         self.embeddings = embeddings

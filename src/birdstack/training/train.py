@@ -128,7 +128,7 @@ def validate_config(cfg: Config) -> None:
             "unlabelled audio (--unlabelled) is for single-label students: a multi-label "
             "student learns its teacher's scores on its own labelled windows (soundscapes, "
             "negatives); pass further field audio as --negatives when it holds no target "
-            "species"
+            "species, or train a single-label student with --task multiclass"
         )
     if cfg.optim.name.lower() not in OPTIMIZERS:
         raise ConfigError(
