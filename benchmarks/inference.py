@@ -186,7 +186,7 @@ def make_checkpoint(path: Path, model: str, pre: Any, n_classes: int) -> None:
     meta = {
         "model": {"name": model, "args": dict(net.model_args)},
         "preprocessing": to_dict(pre),
-        "config": Config().to_dict(),
+        "config": Config().override({"task.kind": "multiclass"}).to_dict(),  # a softmax model
     }
     if pre.is_birdnet:
         from birdstack.features.birdnet import identity

@@ -91,6 +91,7 @@ def main() -> None:
         cfg = Config.from_dict(
             {
                 "data": {"path": args.data, "cache_dir": str(Path(tmp) / "cache")},
+                "task": {"kind": "multiclass"},  # the study's task, as prepare() below
                 "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},
                 "trainer": {"batch_size": args.batch_size, "epochs": args.epochs},
                 # plain training: this times the data pipeline and the model, not the recipe
