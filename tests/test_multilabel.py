@@ -563,7 +563,7 @@ def test_birdstack_train_makes_a_detector_by_default(demo_dir, cache_dir, tmp_pa
     assert hist["val/rec_open_set"].notna().any()  # false detections on other species
 
     # scripts/detector_thresholds.py re-chooses the thresholds from predict's window
-    # scores: its rule "without negatives" is the run's own (the stored thresholds)
+    # scores: its rule "recording maxima, with negatives" is the default, the run's own
     import importlib.util
 
     path = Path(__file__).parents[1] / "scripts" / "detector_thresholds.py"
@@ -572,7 +572,16 @@ def test_birdstack_train_makes_a_detector_by_default(demo_dir, cache_dir, tmp_pa
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rows = mod.score_run(tmp_path / "det", {}, 0.1)
-    assert [r["rule"].split(" (")[0] for r in rows] == ["without negatives", "with negatives"]
+    assert [r["rule"].split(" (")[0] for r in rows] == [
+        f"{scores}, {negatives} negatives"
+        for scores in ("windows", "recording maxima")
+        for negatives in ("without", "with")
+    ]
+    assert rows[3]["thresholds"] == rows[3]["stored thresholds"]
+    # the rule before 2026-12-04: validation windows without the negatives
+    old_rule = ["--set", "task.threshold_on=windows", "--set", "task.threshold_negatives=false"]
+    assert run_cli([*argv, *old_rule, "--out", str(tmp_path / "win")], monkeypatch) == 0
+    rows = mod.score_run(tmp_path / "win", {}, 0.1)
     assert rows[0]["thresholds"] == rows[0]["stored thresholds"]
 
     assert (

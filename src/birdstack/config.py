@@ -668,10 +668,18 @@ class TaskConfig:
 
     ``threshold``: the score above which ``predict`` reports a species, for classes
     whose own threshold could not be chosen; with ``tune_thresholds`` every class
-    with a positive validation window gets the threshold of its highest F-beta there
+    with a positive validation example gets the threshold of its highest F-beta there
     (``threshold_beta``; 0.5, the default, weighs precision twice as much as recall:
     on NIPS4B it halved the share of bird-free clips with a false species at a small
     cost in recall, see docs/results/soundscapes_nips4b), stored in the checkpoint.
+    The examples are the validation recordings' maximum window scores
+    (``threshold_on=recordings``, the default: a focal recording's label holds for the
+    recording, not for each window, and a file with a detection is one whose maximum
+    passes) or the windows (``windows``, the rule before 2026-12-04, right for
+    soundscapes annotated in time), negatives included (``threshold_negatives``, the
+    default) or not. On birds-dev's top-6 the default rule left 0.2 % of the NIPS4B
+    clips with a false detection against 24.7 % for windows without negatives
+    (docs/results/detector_compact_top6).
     """
 
     kind: Literal["multiclass", "multilabel"] = "multilabel"
@@ -683,6 +691,8 @@ class TaskConfig:
     threshold: float = 0.5
     tune_thresholds: bool = True
     threshold_beta: float = 0.5
+    threshold_on: Literal["recordings", "windows"] = "recordings"
+    threshold_negatives: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in TASKS:

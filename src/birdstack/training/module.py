@@ -96,9 +96,11 @@ class BirdClassifier(L.LightningModule):
     (recordings: window scores pooled by ``pool``, targets by max) and, when the fold
     holds negative clips (``data.negatives``, marked by :attr:`val_negative`),
     ``val/rec_open_set``: the share of them with some species above threshold.
-    Per-class thresholds are chosen on the validation windows that are not such
-    negatives (highest F-beta, ``task.threshold_beta``; see
-    :func:`~birdstack.evaluation.metrics.tune_thresholds`)
+    Per-class thresholds are chosen on the validation recordings' maximum window scores
+    or on the windows (``task.threshold_on``), with or without such negatives
+    (``task.threshold_negatives``; with them the open-set figure is measured on the
+    clips that chose the thresholds), at the highest F-beta (``task.threshold_beta``;
+    see :func:`~birdstack.evaluation.metrics.tune_thresholds`)
     at every validation and saved in the checkpoint.
     """
 
@@ -391,18 +393,6 @@ class BirdClassifier(L.LightningModule):
         )
         y, p = labels.numpy(), probs.numpy()
         keep = ~neg.numpy()
-        if self.task.tune_thresholds and keep.any():
-            self.thresholds = [
-                float(t)
-                for t in tune_thresholds(
-                    y[keep], p[keep], self.task.threshold, self.task.threshold_beta
-                )
-            ]
-        thr = np.asarray(self.thresholds)
-        out: dict[str, float] = {}
-        if keep.any():
-            win = multilabel_metrics(y[keep], p[keep], self.class_names, thr)
-            out.update({"val/cmap": win.cmap, "val/auroc": win.auroc})
         pooled, pooled_labels = pool_by_recording(probs, recs, labels, self.pool)
         rec_neg = (
             self.val_negative.cpu()[torch.unique(recs)].numpy()
@@ -410,6 +400,24 @@ class BirdClassifier(L.LightningModule):
             else np.zeros(len(pooled), dtype=bool)
         )
         yr, pr = pooled_labels.numpy(), pooled.numpy()
+        if self.task.threshold_on == "recordings":
+            ty, tp, tkeep = yr, pr, ~rec_neg
+        else:
+            ty, tp, tkeep = y, p, keep
+        if self.task.threshold_negatives:
+            tkeep = np.ones(len(ty), dtype=bool)
+        if self.task.tune_thresholds and (tkeep & (ty > 0).any(axis=1)).any():
+            self.thresholds = [
+                float(t)
+                for t in tune_thresholds(
+                    ty[tkeep], tp[tkeep], self.task.threshold, self.task.threshold_beta
+                )
+            ]
+        thr = np.asarray(self.thresholds)
+        out: dict[str, float] = {}
+        if keep.any():
+            win = multilabel_metrics(y[keep], p[keep], self.class_names, thr)
+            out.update({"val/cmap": win.cmap, "val/auroc": win.auroc})
         if (~rec_neg).any():
             m = multilabel_metrics(yr[~rec_neg], pr[~rec_neg], self.class_names, thr)
             out.update(
