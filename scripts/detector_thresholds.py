@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ import yaml
 from birdstack.evaluation.metrics import tune_thresholds
 from birdstack.features.audio import find_audio_files
 from birdstack.inference.predictor import Predictor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's helpers
+from field_false_detections import parse_fields, write_tables  # noqa: E402
 
 
 def _floor() -> float:
@@ -141,36 +145,18 @@ def main() -> None:
     ap.add_argument("--field", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    fields = {}
-    for spec in args.field:
-        name, _, folder = spec.partition("=")
-        if not folder or not Path(folder).is_dir():
-            ap.error(f"--field {spec!r}: expected NAME=DIR with an existing folder")
-        fields[name] = Path(folder)
+    fields = parse_fields(ap, args.field)
     floor = _floor()
     rows = []
     for run in sorted(args.runs):
         rows += score_run(run, fields, floor)
         print(f"{run.name}: done", flush=True)
-    df = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "thresholds.csv", index=False)
-    shares = [c for c in df.columns if c.endswith("detected") or c.endswith("with a detection")]
-    lines = [
-        "| thresholds chosen | runs | " + " | ".join(shares) + " |",
-        "|---|---|" + "---|" * len(shares),
-    ]
-    for rule, g in df.groupby("rule", sort=False):
-        cells = []
-        for c in shares:
-            sd = np.std(g[c], ddof=1) if len(g) > 1 else 0.0
-            cell = f"{np.mean(g[c]):.3f} ± {sd:.3f}"
-            if rule.endswith("with negatives") and c.startswith("other species (validation)"):
-                cell += " (chosen on them)"
-            cells.append(cell)
-        lines.append(f"| {rule} | {len(g)} | " + " | ".join(cells) + " |")
-    (args.out / "thresholds.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+    def mark(group: tuple, column: str) -> str:
+        chosen = group[0].endswith("with negatives")
+        return " (chosen on them)" if chosen and column.startswith("other species") else ""
+
+    write_tables(pd.DataFrame(rows), ["rule"], args.out, "thresholds", mark)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,31 +140,50 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, required=True, help="folder for per_run.csv, summary.md")
     args = ap.parse_args()
-    fields = {}
-    for spec in args.field:
-        name, _, folder = spec.partition("=")
-        if not folder or not Path(folder).is_dir():
-            ap.error(f"--field {spec!r}: expected NAME=DIR with an existing folder")
-        fields[name] = Path(folder)
+    fields = parse_fields(ap, args.field)
     rows = []
     for run in sorted(args.runs):
         rows += score_run(run, fields, args.strict)
         print(f"{run.name}: done", flush=True)
-    df = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "per_run.csv", index=False)
+    write_tables(pd.DataFrame(rows), ["variant", "setting"], args.out, "per_run")
+
+
+def parse_fields(ap: argparse.ArgumentParser, specs: list[str]) -> dict[str, Path]:
+    """``--field NAME=DIR`` values as ``{NAME: DIR}`` (an argparse error if DIR is missing)."""
+    fields = {}
+    for spec in specs:
+        name, _, folder = spec.partition("=")
+        if not folder or not Path(folder).is_dir():
+            ap.error(f"--field {spec!r}: expected NAME=DIR with an existing folder")
+        fields[name] = Path(folder)
+    return fields
+
+
+def write_tables(
+    df: pd.DataFrame, keys: list[str], out: Path, stem: str, mark: Callable[..., str] | None = None
+) -> None:
+    """``<stem>.csv`` (the rows) and ``summary.md`` / the markdown table of the shares
+    (columns ending "detected" or "with a detection"): mean ± std over the rows of each
+    ``keys`` group; ``mark(group, column)`` appends a note to a cell."""
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{stem}.csv", index=False)
     shares = [c for c in df.columns if c.endswith("detected") or c.endswith("with a detection")]
     lines = [
-        "| variant | setting | runs | " + " | ".join(shares) + " |",
-        "|---|---|---|" + "---|" * len(shares),
+        "| " + " | ".join(keys) + " | runs | " + " | ".join(shares) + " |",
+        "|---" * (len(keys) + 1) + "|" + "---|" * len(shares),
     ]
-    for (variant, setting), g in df.groupby(["variant", "setting"], sort=False):
+    for group, g in df.groupby(keys, sort=False):
+        group = group if isinstance(group, tuple) else (group,)
         cells = [
             f"{np.mean(g[c]):.3f} ± {np.std(g[c], ddof=1) if len(g) > 1 else 0.0:.3f}"
+            + (mark(group, c) if mark else "")
             for c in shares
         ]
-        lines.append(f"| {variant} | {setting} | {len(g)} | " + " | ".join(cells) + " |")
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+        lines.append(
+            "| " + " | ".join(map(str, group)) + f" | {len(g)} | " + " | ".join(cells) + " |"
+        )
+    md = "summary.md" if stem == "per_run" else f"{stem}.md"
+    (out / md).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
