@@ -228,6 +228,18 @@ def test_multilabel_run_on_soundscapes(ml_run):
     m = pd.read_csv(r.run_dir / "data" / "manifest.csv")
     kept = m[~m["dropped"]]
     assert kept["negative"].sum() == 4
+    # the best epoch is the last of highest row-wise F1 over every validation clip: each
+    # negative clip counts 1 when nothing passes its thresholds, 0 when something does
+    hist = r.history.dropna(subset=["val/rec_f1_rowwise_all"]).sort_values("epoch")
+    f1 = hist["val/rec_f1_rowwise_all"].to_numpy()
+    assert r.best["epoch"] == hist["epoch"].iloc[len(f1) - 1 - int(np.argmax(f1[::-1]))]
+    val = kept[kept["split"] == "val"]
+    n_neg = int(val["negative"].sum())
+    assert 0 < n_neg < len(val)
+    mixed = (
+        hist["val/rec_f1_rowwise"] * (len(val) - n_neg) + (1 - hist["val/rec_open_set"]) * n_neg
+    ) / len(val)
+    assert np.allclose(hist["val/rec_f1_rowwise_all"], mixed)
     # file blocks of 3 numbers: every block lies in one fold
     blocks = kept.groupby("session")["fold"].nunique()
     assert (blocks == 1).all()

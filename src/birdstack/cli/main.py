@@ -433,7 +433,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     b = result.best
     keys = ["val/acc", "val/f1_macro", "val/rec_acc", "val/rec_f1_macro"]
     if "val/rec_cmap" in b:  # a multi-label run
-        keys = ["val/rec_cmap", "val/rec_auroc", "val/rec_top1", "val/rec_open_set"]
+        keys = ["val/rec_f1_rowwise_all", "val/rec_cmap", "val/rec_top1", "val/rec_open_set"]
     figures = "  ".join(f"{k} {b[k]:.3f}" for k in [*keys, "val/loss"] if k in b)
     print(f"best epoch {int(b.get('epoch', -1)) + 1}: {figures}  ({result.wall_time_s:.0f} s)")
     print(f"checkpoint: {result.best_checkpoint}\nrun folder: {result.run_dir}")

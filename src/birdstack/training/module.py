@@ -95,7 +95,9 @@ class BirdClassifier(L.LightningModule):
     ``val/rec_cmap``, ``val/rec_auroc``, ``val/rec_top1``, ``val/rec_f1_rowwise``
     (recordings: window scores pooled by ``pool``, targets by max) and, when the fold
     holds negative clips (``data.negatives``, marked by :attr:`val_negative`),
-    ``val/rec_open_set``: the share of them with some species above threshold.
+    ``val/rec_open_set``: the share of them with some species above threshold;
+    ``val/rec_f1_rowwise_all``: row-wise F1 (nocall) over every validation recording,
+    negatives included, the figure that chooses a detector's best epoch.
     Per-class thresholds are chosen on the validation recordings' maximum window scores
     or on the windows (``task.threshold_on``), with or without such negatives
     (``task.threshold_negatives``; with them the open-set figure is measured on the
@@ -379,7 +381,7 @@ class BirdClassifier(L.LightningModule):
 
     def _multilabel_epoch_end(self) -> None:
         """Window and recording figures, thresholds (see the class docstring)."""
-        from birdstack.evaluation.metrics import multilabel_metrics, tune_thresholds
+        from birdstack.evaluation.metrics import multilabel_metrics, rowwise_f1, tune_thresholds
 
         probs = torch.cat(self._val_probs).float().cpu()
         recs = torch.cat(self._val_recs).cpu()
@@ -430,6 +432,10 @@ class BirdClassifier(L.LightningModule):
             )
         if rec_neg.any():
             out["val/rec_open_set"] = float((pr[rec_neg] >= thr[None, :]).any(axis=1).mean())
+        # what predict's thresholded output earns per file, abstentions included: row-wise
+        # F1 with nocall over every validation recording, negatives too (a negative with no
+        # detection scores 1); it chooses a detector's best epoch
+        out["val/rec_f1_rowwise_all"] = float(rowwise_f1(yr, pr >= thr[None, :], True).mean())
         out = {k: (v if v == v else 0.0) for k, v in out.items()}  # NaN: nothing to rank
         self.log_dict(out, prog_bar=False, sync_dist=True)
 

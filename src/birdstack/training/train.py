@@ -18,8 +18,11 @@ A run folder holds::
 
 The best epoch (``best.ckpt``, ``result.json``'s ``best``, a sweep's ``best`` figures)
 is the one of highest recording-level macro-F1 on the validation fold
-(``val/rec_f1_macro``, :data:`BEST_METRIC`; multi-label runs: class-wise mean average
-precision ``val/rec_cmap``), a tie going to the later epoch
+(``val/rec_f1_macro``, :data:`BEST_METRIC`; multi-label runs: row-wise F1 with nocall over
+every validation recording, negatives included, ``val/rec_f1_rowwise_all``: the figure of
+what ``predict`` reports, thresholds and abstentions included; cmAP ignores the thresholds
+and on birds-dev picked an epoch whose thresholds flagged 182 of 539 NIPS4B clips, where
+the last epoch flagged none), a tie going to the later epoch
 (:func:`best_epoch_index`). Validation loss is not used: a model that predicts one
 class can have the lowest loss in an early epoch. ``trainer.early_stopping_patience``
 watches the same figure.
@@ -62,8 +65,8 @@ log = get_logger("train")
 
 # the figure that chooses the best epoch (higher is better; ties: the later epoch)
 BEST_METRIC = "val/rec_f1_macro"
-# ... of a multi-label run: class-wise mean average precision of the recordings
-MULTILABEL_BEST_METRIC = "val/rec_cmap"
+# ... of a multi-label run: row-wise F1 (nocall) of the recordings, negatives included
+MULTILABEL_BEST_METRIC = "val/rec_f1_rowwise_all"
 
 
 def best_metric(cfg: Config) -> str:
