@@ -38,7 +38,7 @@ from birdstack.features.audio import find_audio_files
 from birdstack.inference.predictor import Predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's helpers
-from field_false_detections import parse_fields, write_tables  # noqa: E402
+from field_false_detections import parse_fields, run_label, write_tables  # noqa: E402
 
 
 def _floor() -> float:
@@ -66,7 +66,7 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
     negative = val.get("negative", pd.Series(False, index=val.index))
     negative = negative.astype(str).str.lower().isin(("true", "1")).to_numpy()
 
-    wins, targets, rec_probs, rec_targets = [], [], [], []
+    wins, targets, rec_targets = [], [], []
     for path, labels in zip(val["path"], val["labels"], strict=True):
         pred = predictor.predict(path)
         t = np.zeros(len(classes), dtype=bool)
@@ -74,7 +74,6 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
             t[index[lab]] = True
         wins.append(pred.window_probs)
         targets.append(np.repeat(t[None, :], len(pred.window_probs), axis=0))
-        rec_probs.append(pred.window_probs)
         rec_targets.append(t)
     win_neg = np.concatenate([[n] * len(w) for n, w in zip(negative, wins, strict=True)])
     y, p = np.concatenate(targets), np.concatenate(wins)
@@ -83,7 +82,7 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
     # window between two songs is labelled present): its maximum window score is what a
     # recording-level label describes, and what "a file with a detection" depends on
     ry = np.stack(rec_targets)
-    rp = np.stack([w.max(axis=0) for w in rec_probs])
+    rp = np.stack([w.max(axis=0) for w in wins])
     rules = {
         "windows, without negatives (the rule of the runs)": tune_thresholds(
             y[~win_neg], p[~win_neg], default, beta
@@ -103,15 +102,12 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
         ]
         for name, folder in fields.items()
     }
-    variant_file = run / "sweep_run.json"
-    variant = (
-        json.loads(variant_file.read_text())["variant"] if variant_file.is_file() else run.name
-    )
+    variant, fold = run_label(run)
     rows = []
     for rule, thr in rules.items():
         own = other = neg_hit = 0
         n_pos = int((~negative).sum())
-        for wp, t, is_neg in zip(rec_probs, rec_targets, negative, strict=True):
+        for wp, t, is_neg in zip(wins, rec_targets, negative, strict=True):
             hit = _hits(wp, thr, floor)
             if is_neg:
                 neg_hit += bool(hit.any())
@@ -121,7 +117,7 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
         row = {
             "run": run.name,
             "variant": variant,
-            "fold": int(yaml.safe_load((run / "config.yaml").read_text())["data"]["val_fold"]),
+            "fold": fold,
             "rule": rule,
             "thresholds": " ".join(f"{v:.2f}" for v in thr),
             "stored thresholds": " ".join(f"{v:.2f}" for v in stored),

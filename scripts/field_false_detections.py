@@ -75,10 +75,7 @@ def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[d
     others = kept[(kept["split"] == "val") & negative & ~from_folder]
     predictor = Predictor.from_checkpoint(run / "checkpoints" / "last.ckpt")
     opts = settings(predictor, strict)
-    # a sweep's run names its variant; a plain `birdstack train` run is its own
-    swept = run / "sweep_run.json"
-    variant = json.loads(swept.read_text())["variant"] if swept.is_file() else run.name
-    fold = yaml.safe_load((run / "config.yaml").read_text())["data"]["val_fold"]
+    variant, fold = run_label(run)
     rows = {
         name: {
             "run": run.name,
@@ -99,17 +96,13 @@ def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[d
     for name in opts:
         rows[name]["focal: own species detected"] = hits[name][0] / max(1, len(focal))
         rows[name]["focal: another species detected"] = hits[name][1] / max(1, len(focal))
+    groups = {
+        name: [p for p in find_audio_files(folder) if str(p.resolve()) not in trained]
+        for name, folder in fields.items()
+    }
     if len(others):
-        any_det = {name: 0 for name in opts}
-        for path in others["path"]:
-            pred = predictor.predict(path)
-            for name, o in opts.items():
-                any_det[name] += bool(pred.detections(o))
-        for name in opts:
-            rows[name]["other species: files"] = len(others)
-            rows[name]["other species: files with a detection"] = any_det[name] / len(others)
-    for group, folder in fields.items():
-        files = [p for p in find_audio_files(folder) if str(p.resolve()) not in trained]
+        groups = {"other species": list(others["path"]), **groups}
+    for group, files in groups.items():
         any_det = {name: 0 for name in opts}
         for p in files:
             pred = predictor.predict(p)
@@ -119,6 +112,14 @@ def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[d
             rows[name][f"{group}: files"] = len(files)
             rows[name][f"{group}: files with a detection"] = any_det[name] / max(1, len(files))
     return list(rows.values())
+
+
+def run_label(run: Path) -> tuple[str, int]:
+    """A run's variant (a sweep's run names it; a plain `birdstack train` run is its own)
+    and validation fold."""
+    swept = run / "sweep_run.json"
+    variant = json.loads(swept.read_text())["variant"] if swept.is_file() else run.name
+    return variant, int(yaml.safe_load((run / "config.yaml").read_text())["data"]["val_fold"])
 
 
 def main() -> None:
