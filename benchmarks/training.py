@@ -1,8 +1,10 @@
 """Training throughput and data-wait share, through the real DataModule and Lightning Trainer.
 
-    .venv/bin/python benchmarks/training.py [--data DIR] [--epochs 2] [--batch-size 16]
+    .venv/bin/python benchmarks/training.py [--data DIR] [--epochs 3] [--batch-size 16]
+        [--encoding stacked|segments] [--accelerator cpu|gpu] [--precision 32-true|bf16-mixed]
+        [--workers N]
 
-For ``mobilenet_compact`` and ``resnet18`` on the stacked encoding it prints training
+For ``mobilenet_compact`` and ``resnet18`` (the stacked encoding by default) it prints training
 samples per second and the share of training wall time spent waiting for the next batch
 (the DataLoader), measured by a callback between the end of one batch and the start of
 the next. The baseline, measured in the same run, is the model's own compute: the same
@@ -58,17 +60,31 @@ class WaitTimer(L.Callback):
             self.total += self._end - self._epoch_start
 
 
-def compute_only(module: L.LightningModule, batch, steps: int) -> float:
-    """Samples/s of forward + backward + step on one in-memory batch."""
+def compute_only(
+    module: L.LightningModule, batch, steps: int, device: str = "cpu", bf16: bool = False
+) -> float:
+    """Samples/s of forward + backward + step on one batch already on ``device``."""
+    module = module.to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
-    x, y, _ = batch
+    x, y = batch[0].to(device), batch[1].to(device)
     module.train()
-    start = time.perf_counter()
-    for _ in range(steps):
+
+    def step() -> None:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(module(x), y)
+        with torch.autocast(
+            device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16
+        ):
+            loss = torch.nn.functional.cross_entropy(module(x), y)
         loss.backward()
         opt.step()
+
+    step()  # warm-up (kernel selection on a GPU)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
     return steps * len(y) / (time.perf_counter() - start)
 
 
@@ -81,7 +97,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--models", default="mobilenet_compact,resnet18")
+    ap.add_argument("--encoding", choices=("stacked", "segments"), default="stacked")
+    ap.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--precision", default="32-true", help="32-true | bf16-mixed")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     args = ap.parse_args()
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
     torch.set_num_threads(args.threads)
     from birdstack.cli.main import quiet_lightning
 
@@ -92,7 +113,7 @@ def main() -> None:
             {
                 "data": {"path": args.data, "cache_dir": str(Path(tmp) / "cache")},
                 "task": {"kind": "multiclass"},  # the study's task, as prepare() below
-                "preprocessing": {"encoding": {"kind": "stacked", "short": "pad"}},
+                "preprocessing": {"encoding": {"kind": args.encoding, "short": "pad"}},
                 "trainer": {"batch_size": args.batch_size, "epochs": args.epochs},
                 # plain training: this times the data pipeline and the model, not the recipe
                 "optim": {"scheduler": "none", "label_smoothing": 0.0},
@@ -103,7 +124,8 @@ def main() -> None:
         print(
             f"data {args.data}: {len(prepared.kept)} recordings, input "
             f"{prepared.preprocessing.input_shape()}, batch {args.batch_size}, "
-            f"{args.threads} torch thread(s), {args.epochs - 1} timed epoch(s)"
+            f"{args.threads} torch thread(s), {args.workers} loader worker(s), "
+            f"{args.accelerator} {args.precision}, {args.epochs - 1} timed epoch(s)"
         )
         print(
             f"{'model':<20}{'pipeline samples/s':>20}{'data wait':>12}"
@@ -111,12 +133,16 @@ def main() -> None:
         )
         for name in args.models.split(","):
             c = cfg.override({"model.name": name})
-            dm = BirdDataModule(prepared, val_fold=0, batch_size=args.batch_size)
+            dm = BirdDataModule(
+                prepared, val_fold=0, batch_size=args.batch_size, num_workers=args.workers
+            )
             module = build_module(c, prepared)
             timer = WaitTimer()
             trainer = L.Trainer(
                 max_epochs=args.epochs,
-                accelerator="cpu",
+                accelerator=args.accelerator,
+                devices=1,
+                precision=args.precision,
                 logger=False,
                 enable_checkpointing=False,
                 enable_progress_bar=False,
@@ -130,7 +156,8 @@ def main() -> None:
             wait = timer.wait / timer.total if timer.total else float("nan")
             batch = next(iter(dm.train_dataloader()))
             steps = max(3, min(10, len(dm.train_set) // args.batch_size))
-            base = compute_only(build_module(c, prepared), batch, steps)
+            bf16 = args.precision.startswith("bf16")
+            base = compute_only(build_module(c, prepared), batch, steps, device, bf16)
             print(f"{name:<20}{pipe:>20.1f}{wait:>11.1%}{base:>25.1f}{pipe / base:>8.2f}")
 
 
