@@ -1,9 +1,10 @@
 """What a trained model reports on field audio that holds none of its species.
 
 For each run folder (a ``birdstack sweep`` run, or any run with ``data/manifest.csv`` and
-``checkpoints/last.ckpt``), through ``Predictor`` with ``predict``'s own window table and
-output rules (top-3 per window at ``--min-confidence 0.1``; a multi-label checkpoint:
-every species at or above its stored threshold):
+``checkpoints/last.ckpt``; ``--checkpoint best`` takes ``best.ckpt``), through
+``Predictor`` with ``predict``'s own window table and output rules (top-3 per window at
+``--min-confidence 0.1``; a multi-label checkpoint: every species at or above its stored
+threshold):
 
 * **focal**: the run's validation recordings of its species (held-out sessions): the share
   whose own species is among the detections, and the share with a detection of another;
@@ -63,7 +64,9 @@ def species_found(pred, opts: OutputOptions) -> set[str]:
     return {d.species for d in pred.detections(opts)}
 
 
-def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[dict]:
+def score_run(
+    run: Path, fields: dict[str, Path], strict: list[float], checkpoint: str = "last"
+) -> list[dict]:
     manifest = pd.read_csv(run / "data" / "manifest.csv")
     kept = manifest[~manifest["dropped"].astype(bool)]
     trained = {str(Path(p).resolve()) for p in kept.loc[kept["split"] == "train", "path"]}
@@ -73,7 +76,7 @@ def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[d
     focal = kept[(kept["split"] == "val") & ~negative]
     # data.other_species=negatives: held-out recordings of the species the run rejects
     others = kept[(kept["split"] == "val") & negative & ~from_folder]
-    predictor = Predictor.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    predictor = Predictor.from_checkpoint(run / "checkpoints" / f"{checkpoint}.ckpt")
     opts = settings(predictor, strict)
     variant, fold = run_label(run)
     rows = {
@@ -81,6 +84,7 @@ def score_run(run: Path, fields: dict[str, Path], strict: list[float]) -> list[d
             "run": run.name,
             "variant": variant,
             "fold": fold,
+            "checkpoint": checkpoint,
             "setting": name,
             "focal_files": len(focal),
         }
@@ -139,14 +143,20 @@ def main() -> None:
         default=[0.5, 0.9],
         help="extra --min-confidence floors for single-label runs (0.5 0.9)",
     )
+    ap.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="which of each run's checkpoints to score (last: the sweeps' figures)",
+    )
     ap.add_argument("--out", type=Path, required=True, help="folder for per_run.csv, summary.md")
     args = ap.parse_args()
     fields = parse_fields(ap, args.field)
     rows = []
     for run in sorted(args.runs):
-        rows += score_run(run, fields, args.strict)
+        rows += score_run(run, fields, args.strict, args.checkpoint)
         print(f"{run.name}: done", flush=True)
-    write_tables(pd.DataFrame(rows), ["variant", "setting"], args.out, "per_run")
+    write_tables(pd.DataFrame(rows), ["variant", "checkpoint", "setting"], args.out, "per_run")
 
 
 def parse_fields(ap: argparse.ArgumentParser, specs: list[str]) -> dict[str, Path]:

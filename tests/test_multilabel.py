@@ -496,7 +496,9 @@ def test_predict_reports_every_species_above_its_stored_threshold(
     assert (conf >= 0.5).all()
 
 
-def test_field_false_detections_script_counts_what_predict_reports(ml_run, soundscape_root):
+def test_field_false_detections_script_counts_what_predict_reports(
+    ml_run, soundscape_root, monkeypatch
+):
     """scripts/field_false_detections.py: files the run trained on are left out, and a file
     counts when some window has a species at or above its threshold and predict's 0.1
     floor (the soundscapes stand in for a field folder: half of them trained the run)."""
@@ -522,6 +524,22 @@ def test_field_false_detections_script_counts_what_predict_reports(ml_run, sound
     hit = [bool((p.predict(f).window_probs >= floor).any()) for f in held_out]
     assert row["neg: files with a detection"] == pytest.approx(np.mean(hit))
     assert row["fold"] == 0 and row["variant"] == ml_run.run_dir.name
+    assert row["checkpoint"] == "last"
+
+    # --checkpoint best scores the run's best.ckpt instead (the file a user deploys)
+    loaded = []
+
+    class Stop(Exception):
+        pass
+
+    def record(path, *args, **kwargs):
+        loaded.append(Path(path))
+        raise Stop
+
+    monkeypatch.setattr(mod.Predictor, "from_checkpoint", record)
+    with pytest.raises(Stop):
+        mod.score_run(ml_run.run_dir, {"neg": field}, [0.5], checkpoint="best")
+    assert loaded == [ml_run.run_dir / "checkpoints" / "best.ckpt"]
 
 
 def test_onnx_export_keeps_thresholds_and_sigmoid(ml_run, tmp_path):
