@@ -310,6 +310,24 @@ def test_class_balanced_sampler_is_seeded_and_oversamples_the_rare_class():
         assert epoch == 0 and k == sum(j == i for j, _, _ in items[: items.index((i, epoch, k))])
 
 
+def test_sampler_splits_each_epoch_between_ddp_processes():
+    """Under DDP every process serves a strided share of the one seeded epoch order
+    (padded to equal lengths), class-balanced draws and per-epoch draws included."""
+    labels = np.array([0] * 9 + [1] * 2)
+    for kw in ({}, {"labels": labels}, {"labels": labels, "with_epoch": True}):
+        whole = EpochSeededSampler(11, seed=5, **kw)
+        parts = [EpochSeededSampler(11, seed=5, num_replicas=3, rank=r, **kw) for r in range(3)]
+        for s in (whole, *parts):
+            s.set_epoch(4)
+        order = list(whole)
+        served = [list(p) for p in parts]
+        assert [len(x) for x in served] == [len(p) for p in parts] == [4, 4, 4]
+        padded = order + order[:1]
+        assert [padded[r::3] for r in range(3)] == served
+    with pytest.raises(ValueError, match="rank 2"):
+        EpochSeededSampler(4, seed=0, num_replicas=2, rank=2)
+
+
 def test_class_balanced_loader_repeats_get_their_own_crops(prepared):
     prep = prepared["segments"]
     dm = BirdDataModule(prep, val_fold=0, batch_size=4, seed=0, sampling="class_balanced")

@@ -269,38 +269,27 @@ def test_resume_with_a_different_class_list_is_refused(demo_dir, cache_dir, tmp_
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
+    """Two DDP processes train the default detector. Each serves half of every epoch, but
+    both validate on all the windows of every validation recording, so the logged
+    recording-level figures and the checkpoint's thresholds are those of the whole
+    validation fold: evaluate on that fold reproduces them."""
+    import numpy as np
+
+    from birdstack.evaluation.evaluate import evaluate_checkpoint
+    from birdstack.evaluation.metrics import tune_thresholds
+    from birdstack.inference.predictor import Predictor
+
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "birdstack.cli.main",
-        "train",
-        "--data",
-        str(demo_dir),
-        "--cache-dir",
-        str(cache_dir),
-        "--short",
-        "pad",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--task",
-        "multiclass",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    cmd = [sys.executable, "-m", "birdstack.cli.main", "train", "--data", str(demo_dir)]
+    cmd += ["--cache-dir", str(cache_dir), "--epochs", "1", "--batch-size", "8"]
+    cmd += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    cmd += ["--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    last = out / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(last)
     single = Config.from_yaml(out / "config.yaml")
+    assert single.task.kind == "multilabel"
     assert ckpt["birdstack"]["classes"] == sorted(ckpt["birdstack"]["classes"])
     assert len(ckpt["birdstack"]["classes"]) == single.data.top_k
     hist = pd.read_csv(out / "metrics.csv")
@@ -308,6 +297,21 @@ def test_two_process_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
         hist["train/loss"].notna().all()
         and torch.isfinite(torch.tensor(hist["val/loss"].values)).all()
     )
+    res = evaluate_checkpoint(
+        last,
+        demo_dir,
+        manifest=out / "data" / "manifest.csv",
+        split="val",
+        cache_dir=cache_dir,
+        progress=False,
+    )
+    assert res.recording.cmap == pytest.approx(float(hist["val/rec_cmap"].iloc[-1]), abs=1e-4)
+    classes = ckpt["birdstack"]["classes"]
+    pred = res.predictions
+    y = np.array([[c in str(t).split(";") for c in classes] for t in pred["true"]], float)
+    p = pred[[f"p_{c}" for c in classes]].to_numpy()
+    expected = tune_thresholds(y, p, single.task.threshold, single.task.threshold_beta)
+    np.testing.assert_allclose(Predictor.from_checkpoint(last).thresholds, expected, atol=1e-6)
 
 
 def test_default_encoding_is_segments_for_cnns_and_pooled_for_birdnet_heads():

@@ -361,8 +361,8 @@ class DataConfig:
     ``sampling`` (training only): ``shuffle`` serves every training item once per epoch;
     ``class_balanced`` draws as many items with replacement, each with weight
     1 / (its class's item count), seeded by ``(trainer.seed, epoch)``: rare classes are
-    oversampled instead of common ones being dropped (an alternative to ``balance``;
-    single-process training: under DDP the loaders shuffle).
+    oversampled instead of common ones being dropped (an alternative to ``balance``). Under
+    DDP the processes split each epoch's draws between them.
     """
 
     path: str = "data/birds-demo"

@@ -300,6 +300,16 @@ class EpochSeededSampler(Sampler):
     ``labels[i]``), from ``(seed, epoch)`` alone. With ``with_epoch`` it then yields
     ``(index, epoch, draw)``, ``draw`` counting earlier servings of the index in the epoch.
     ``weights``: the draw weight of every item, given outright (see :func:`draw_weights`).
+
+    ``num_replicas`` > 1 (DDP): every process draws the same epoch order and serves every
+    ``num_replicas``-th item of it from ``rank`` on, the order padded by its first items to
+    a multiple of ``num_replicas`` (as torch's ``DistributedSampler``), so the processes
+    together serve one epoch of the single-process sampler, class-balanced draws included.
+
+    >>> list(EpochSeededSampler(5, seed=0))
+    [4, 0, 1, 3, 2]
+    >>> [list(EpochSeededSampler(5, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    [[4, 1, 2], [0, 3, 4]]
     """
 
     def __init__(
@@ -309,7 +319,12 @@ class EpochSeededSampler(Sampler):
         with_epoch: bool = False,
         labels: np.ndarray | None = None,
         weights: np.ndarray | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.num_replicas, self.rank = num_replicas, rank
         self.n, self.seed, self.epoch, self.with_epoch = n, seed, 0, with_epoch
         self.weights: torch.Tensor | None = None
         if labels is not None and weights is not None:
@@ -325,24 +340,32 @@ class EpochSeededSampler(Sampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int | tuple[int, ...]]:
+        items = self._epoch_items()
+        if self.num_replicas > 1 and items:
+            items += items[: len(self) * self.num_replicas - len(items)]
+            items = items[self.rank :: self.num_replicas]
+        return iter(items)
+
+    def _epoch_items(self) -> list[Any]:
+        """This epoch's whole order (every process computes the same)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
             if not self.with_epoch:
-                return iter(order)
+                return order
             seen: dict[int, int] = {}
-            out = []
+            out: list[Any] = []
             for i in order:
                 out.append((i, self.epoch, seen.get(i, 0)))
                 seen[i] = seen.get(i, 0) + 1
-            return iter(out)
+            return out
         order = torch.randperm(self.n, generator=g).tolist()
         if self.with_epoch:
-            return iter([(i, self.epoch) for i in order])
-        return iter(order)
+            return [(i, self.epoch) for i in order]
+        return order
 
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self.num_replicas)
 
 
 class BirdDataModule(L.LightningDataModule):
@@ -413,8 +436,15 @@ class BirdDataModule(L.LightningDataModule):
         self.val_set = BirdDataset(self.val_records, pre, targets=targets(self.val_records))
 
     def _loader(self, ds: BirdDataset, train: bool) -> DataLoader:
+        """Training: :class:`EpochSeededSampler`, split between the processes under DDP.
+        Validation: every recording's windows in order, on every process (the Trainer is
+        built with ``use_distributed_sampler=False``): recording-level figures and a
+        detector's thresholds need all the windows of every validation recording, and every
+        process then computes the same figures and thresholds."""
         sampler = None
-        if train and not (self.trainer is not None and self.trainer.world_size > 1):
+        if train:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            rank = self.trainer.global_rank if self.trainer is not None else 0
             weights = None
             balanced = self.sampling == "class_balanced"  # weights 1 / class count, per item
             if balanced or self.unlabelled_share is not None:
@@ -422,13 +452,18 @@ class BirdDataModule(L.LightningDataModule):
                     ds.labels[ds.item_recordings], balanced, self.unlabelled_share
                 )
             sampler = EpochSeededSampler(
-                len(ds), self.seed, with_epoch=ds.draws_per_epoch, weights=weights
+                len(ds),
+                self.seed,
+                with_epoch=ds.draws_per_epoch,
+                weights=weights,
+                num_replicas=world,
+                rank=rank,
             )
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             sampler=sampler,
-            shuffle=bool(train and sampler is None),
+            shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             # a last training batch of one or two samples makes BatchNorm's statistics erratic

@@ -214,6 +214,9 @@ def _trainer_kwargs(cfg: Config) -> dict[str, Any]:
         "log_every_n_steps": 1,
         "num_sanity_val_steps": 0,
         "enable_model_summary": False,
+        # the DataModule splits training between DDP processes itself and gives every
+        # process all validation windows (BirdDataModule._loader)
+        "use_distributed_sampler": False,
     }
 
 
