@@ -244,7 +244,13 @@ class BirdClassifier(L.LightningModule):
                     + emb_loss
                 )
             self.log(
-                "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
+                "train/loss",
+                loss,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=True,
+                batch_size=len(y),
+                sync_dist=True,
             )
             return loss
         smoothing = self.optim_cfg.label_smoothing
@@ -263,7 +269,15 @@ class BirdClassifier(L.LightningModule):
         labelled = y >= 0  # unlabelled audio (distillation) has no label to score
         if labelled.any():
             self.train_metrics.update(logits[labelled], y[labelled])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         return loss
 
     def _mixup_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,7 +334,14 @@ class BirdClassifier(L.LightningModule):
         logits = self.net.forward_head(feats)
         assert self.distill is not None
         term = self.distill.embedding * embedding_loss(self.embed_proj(feats), embedding)
-        self.log("train/embed_loss", term, on_step=False, on_epoch=True, batch_size=len(x))
+        self.log(
+            "train/embed_loss",
+            term,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(x),
+            sync_dist=True,
+        )
         return logits, term
 
     def on_train_epoch_end(self) -> None:
@@ -349,7 +370,15 @@ class BirdClassifier(L.LightningModule):
             loss = F.cross_entropy(logits, y)
             self.val_metrics.update(logits, y)
             probs = logits.softmax(-1)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            "val/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         self._val_probs.append(probs.detach())
         self._val_recs.append(rec.detach())
         self._val_labels.append(y.detach())
