@@ -243,15 +243,7 @@ class BirdClassifier(L.LightningModule):
                     )
                     + emb_loss
                 )
-            self.log(
-                "train/loss",
-                loss,
-                on_step=False,
-                on_epoch=True,
-                prog_bar=True,
-                batch_size=len(y),
-                sync_dist=True,
-            )
+            self._log_epoch("train/loss", loss, len(y), prog_bar=True)
             return loss
         smoothing = self.optim_cfg.label_smoothing
         if self.mixup_alpha > 0:
@@ -269,16 +261,21 @@ class BirdClassifier(L.LightningModule):
         labelled = y >= 0  # unlabelled audio (distillation) has no label to score
         if labelled.any():
             self.train_metrics.update(logits[labelled], y[labelled])
+        self._log_epoch("train/loss", loss, len(y), prog_bar=True)
+        return loss
+
+    def _log_epoch(self, name: str, value: torch.Tensor, n: int, prog_bar: bool = False) -> None:
+        """``name``'s epoch mean (each batch weighted by its ``n`` items), averaged over the
+        DDP processes too."""
         self.log(
-            "train/loss",
-            loss,
+            name,
+            value,
             on_step=False,
             on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
+            prog_bar=prog_bar,
+            batch_size=n,
             sync_dist=True,
         )
-        return loss
 
     def _mixup_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and loss of a mixup batch: inputs, one-hot targets (and a teacher's scores)
@@ -334,14 +331,7 @@ class BirdClassifier(L.LightningModule):
         logits = self.net.forward_head(feats)
         assert self.distill is not None
         term = self.distill.embedding * embedding_loss(self.embed_proj(feats), embedding)
-        self.log(
-            "train/embed_loss",
-            term,
-            on_step=False,
-            on_epoch=True,
-            batch_size=len(x),
-            sync_dist=True,
-        )
+        self._log_epoch("train/embed_loss", term, len(x))
         return logits, term
 
     def on_train_epoch_end(self) -> None:
@@ -370,15 +360,7 @@ class BirdClassifier(L.LightningModule):
             loss = F.cross_entropy(logits, y)
             self.val_metrics.update(logits, y)
             probs = logits.softmax(-1)
-        self.log(
-            "val/loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-            sync_dist=True,
-        )
+        self._log_epoch("val/loss", loss, len(y), prog_bar=True)
         self._val_probs.append(probs.detach())
         self._val_recs.append(rec.detach())
         self._val_labels.append(y.detach())
