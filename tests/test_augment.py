@@ -407,7 +407,9 @@ def test_cli_flags_and_sweep_overrides_set_the_recipe_keys(tmp_path):
     argv = ["train", "--noise-dir", "N", "--mixup", "0.3", "--specaugment"]
     argv += ["--label-smoothing", "0.1", "--warmup-epochs", "2", "--sampling", "class_balanced"]
     argv += ["--noise-snr-db", "0,20", "--gain-db=-6,6", "--time-shift", "0.2"]
+    argv += ["--loader-workers", "3"]
     cfg = config_from_args(build_parser().parse_args(argv))
+    assert cfg.trainer.num_workers == 3
     a = cfg.augment
     assert (a.noise_dir, a.mixup_alpha, a.specaugment, a.time_shift) == ("N", 0.3, True, 0.2)
     assert a.noise_snr_db == (0.0, 20.0) and a.gain_db == (-6.0, 6.0)

@@ -338,6 +338,12 @@ TRAIN_OPTS = [
     Opt("--strategy", "trainer.strategy", str, "auto | ddp | ddp_spawn | ..."),
     Opt("--num-nodes", "trainer.num_nodes", int, "nodes for multi-node DDP"),
     Opt("--precision", "trainer.precision", str, "32-true | 16-mixed | bf16-mixed"),
+    Opt(
+        "--loader-workers",
+        "trainer.num_workers",
+        int,
+        "DataLoader processes feeding training (0: the main process; on a GPU try 4 or more)",
+    ),
     Opt("--early-stopping", "trainer.early_stopping_patience", int, "patience in epochs (off)"),
     Opt(
         "--precise-bn",
