@@ -84,7 +84,7 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
     ry = np.stack(rec_targets)
     rp = np.stack([w.max(axis=0) for w in wins])
     rules = {
-        "windows, without negatives (the rule of the runs)": tune_thresholds(
+        "windows, without negatives (the runs' rule until 2026-12-04)": tune_thresholds(
             y[~win_neg], p[~win_neg], default, beta
         ),
         "windows, with negatives": tune_thresholds(y, p, default, beta),
