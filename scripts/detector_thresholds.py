@@ -25,6 +25,7 @@ chosen on, so its figure there is optimistic by construction and is marked so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -38,40 +39,36 @@ from birdstack.features.audio import find_audio_files
 from birdstack.inference.predictor import Predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's helpers
-from field_false_detections import parse_fields, run_label, write_tables  # noqa: E402
+from field_false_detections import (  # noqa: E402
+    parse_fields,
+    run_label,
+    settings,
+    species_found,
+    write_tables,
+)
 
 
-def _floor() -> float:
-    from birdstack.cli.main import build_parser
-
-    args = build_parser().parse_args(["predict", "model.ckpt", "audio", "--out", "out"])
-    return float(args.min_confidence)
-
-
-def _hits(window_probs: np.ndarray, thr: np.ndarray, floor: float) -> np.ndarray:
-    """Per class: is it reported in some window (``predict``'s multi-label rule)."""
-    on = (window_probs >= thr[None, :]) & (window_probs >= floor)
-    return on.any(axis=0)
-
-
-def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
+def score_run(run: Path, fields: dict[str, Path]) -> list[dict]:
     man = pd.read_csv(run / "data" / "manifest.csv")
     kept = man[~man["dropped"].astype(bool)]
     val = kept[kept["split"] == "val"]
     trained = {str(Path(p).resolve()) for p in kept.loc[kept["split"] == "train", "path"]}
     predictor = Predictor.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    # predict's own output rules (its default floor), each rule's thresholds swapped in
+    defaults = settings(predictor, [])["predict defaults"]
     classes = list(predictor.classes)
     index = {c: i for i, c in enumerate(classes)}
     task = yaml.safe_load((run / "config.yaml").read_text())["task"]
     negative = val.get("negative", pd.Series(False, index=val.index))
     negative = negative.astype(str).str.lower().isin(("true", "1")).to_numpy()
 
-    wins, targets, rec_targets = [], [], []
+    preds, wins, targets, rec_targets = [], [], [], []
     for path, labels in zip(val["path"], val["labels"], strict=True):
         pred = predictor.predict(path)
         t = np.zeros(len(classes), dtype=bool)
         for lab in json.loads(labels) if isinstance(labels, str) else []:
             t[index[lab]] = True
+        preds.append(pred)
         wins.append(pred.window_probs)
         targets.append(np.repeat(t[None, :], len(pred.window_probs), axis=0))
         rec_targets.append(t)
@@ -94,9 +91,9 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
         "recording maxima, with negatives": tune_thresholds(ry, rp, default, beta),
     }
     stored = np.asarray(predictor.thresholds, dtype=np.float64)
-    field_probs = {
+    field_preds = {
         name: [
-            predictor.predict(f).window_probs
+            predictor.predict(f)
             for f in find_audio_files(folder)
             if str(f.resolve()) not in trained
         ]
@@ -105,15 +102,17 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
     variant, fold = run_label(run)
     rows = []
     for rule, thr in rules.items():
+        opts = dataclasses.replace(defaults, thresholds=tuple(float(v) for v in thr))
         own = other = neg_hit = 0
         n_pos = int((~negative).sum())
-        for wp, t, is_neg in zip(wins, rec_targets, negative, strict=True):
-            hit = _hits(wp, thr, floor)
+        for pred, t, is_neg in zip(preds, rec_targets, negative, strict=True):
+            found = species_found(pred, opts)
+            own_species = {c for c, on in zip(classes, t, strict=True) if on}
             if is_neg:
-                neg_hit += bool(hit.any())
+                neg_hit += bool(found)
             else:
-                own += bool((hit & t).any())
-                other += bool((hit & ~t).any())
+                own += bool(found & own_species)
+                other += bool(found - own_species)
         row = {
             "run": run.name,
             "variant": variant,
@@ -126,10 +125,10 @@ def score_run(run: Path, fields: dict[str, Path], floor: float) -> list[dict]:
             "other species (validation): files with a detection": neg_hit
             / max(1, int(negative.sum())),
         }
-        for name, probs in field_probs.items():
-            row[f"{name}: files"] = len(probs)
+        for name, field in field_preds.items():
+            row[f"{name}: files"] = len(field)
             row[f"{name}: files with a detection"] = float(
-                np.mean([_hits(wp, thr, floor).any() for wp in probs]) if probs else np.nan
+                np.mean([bool(pred.detections(opts)) for pred in field]) if field else np.nan
             )
         rows.append(row)
     return rows
@@ -142,10 +141,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     fields = parse_fields(ap, args.field)
-    floor = _floor()
     rows = []
     for run in sorted(args.runs):
-        rows += score_run(run, fields, floor)
+        rows += score_run(run, fields)
         print(f"{run.name}: done", flush=True)
 
     def mark(group: tuple, column: str) -> str:

@@ -601,7 +601,7 @@ def test_birdstack_train_makes_a_detector_by_default(demo_dir, cache_dir, tmp_pa
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows = mod.score_run(tmp_path / "det", {}, 0.1)
+    rows = mod.score_run(tmp_path / "det", {})
     assert [r["rule"].split(" (")[0] for r in rows] == [
         f"{scores}, {negatives} negatives"
         for scores in ("windows", "recording maxima")
@@ -611,7 +611,7 @@ def test_birdstack_train_makes_a_detector_by_default(demo_dir, cache_dir, tmp_pa
     # the rule before 2026-12-04: validation windows without the negatives
     old_rule = ["--set", "task.threshold_on=windows", "--set", "task.threshold_negatives=false"]
     assert run_cli([*argv, *old_rule, "--out", str(tmp_path / "win")], monkeypatch) == 0
-    rows = mod.score_run(tmp_path / "win", {}, 0.1)
+    rows = mod.score_run(tmp_path / "win", {})
     assert rows[0]["thresholds"] == rows[0]["stored thresholds"]
 
     assert (

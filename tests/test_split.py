@@ -140,6 +140,12 @@ def test_few_sessions_warned_and_small_classes_work() -> None:
     assert report.few_sessions == {"a": 3, "b": 4, "c": 4}
     assert any("a: only 3 recording sessions" in w for w in report.warnings)
     assert sessions_straddling_folds(folded) == {}
+    # species kept only as negatives (warn_classes leaves them out): split the same, unwarned
+    quiet, q_report = assign_folds(df, n_folds=5, seed=0, warn_classes={"b", "c"})
+    assert q_report.few_sessions == report.few_sessions
+    assert not any(w.startswith("a:") for w in q_report.warnings)
+    assert any(w.startswith("b: only 4") for w in q_report.warnings)
+    pd.testing.assert_frame_equal(quiet, folded)
     assert set(folded["fold"]) <= set(range(5))
     with pytest.raises(BirdstackError, match="only 3 recording session"):
         assign_folds(df.iloc[:4], n_folds=5)

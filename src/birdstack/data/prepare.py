@@ -370,6 +370,8 @@ def prepare(
         n_folds=data.n_folds,
         seed=data.seed,
         single_session=single_session,
+        # a species kept only as negatives (data.other_species) is no class to warn about
+        warn_classes=set(classes),
     )
     df["fold"] = -1
     df["session"] = ""
@@ -377,12 +379,7 @@ def prepare(
     df.loc[folded.index, "session"] = folded["session"].astype(str)
     for idx, reason in getattr(report, "dropped", {}).items():
         _drop(df, df.index == idx, reason)
-    # the split's warnings name a species first ("x: only 2 recording sessions ..."); for a
-    # species kept only as negatives (data.other_species) they say nothing about a class
-    others = set(to_fold["primary_label"].astype(str)) - set(classes)
-    warnings.extend(
-        w for w in getattr(report, "warnings", []) if w.split(":", 1)[0].strip() not in others
-    )
+    warnings.extend(getattr(report, "warnings", []))
     # 7. enough recordings left in every selected class
     if multilabel:
         _check_multilabel_sizes(df, classes, data.min_class_recordings)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import warnings as _warnings
 import zlib
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,12 +90,15 @@ def assign_folds(
     n_folds: int = 5,
     seed: int = 0,
     single_session: str = "split",
+    warn_classes: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, SplitReport]:
     """Add ``session`` and ``fold`` (``0..n_folds-1``) columns; see the module docstring.
 
     Multi-session classes go through ``StratifiedGroupKFold(n_folds, shuffle=True,
     random_state=seed)`` with sessions as groups (rows sorted by ``rec_id`` first, so
     the result does not depend on row order); no session then has rows in two folds.
+    ``warn_classes``: the classes whose few sessions are worth a warning (default: all;
+    ``prepare`` leaves out species kept only as negatives).
     Single-session classes with ``single_session="split"`` are dealt round-robin over
     the folds after a seeded shuffle. Returns the folded copy (index kept; rows of
     classes dropped by ``"drop"`` left out) and a :class:`SplitReport`.
@@ -159,12 +162,16 @@ def assign_folds(
             by_file = mask
             report.split_by_file = single
             for c in single:
+                if warn_classes is not None and c not in warn_classes:
+                    continue
                 report.warnings.append(
                     f"{c}: all recordings come from one session; split by file across "
                     "folds, so its validation score is optimistic (same session in train "
                     "and val); data.single_session=drop leaves it out instead"
                 )
     for c, n in report.few_sessions.items():
+        if warn_classes is not None and c not in warn_classes:
+            continue
         report.warnings.append(
             f"{c}: only {n} recording sessions, fewer than {n_folds} folds: it is in the "
             f"validation set of at most {n} folds"
