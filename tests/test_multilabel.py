@@ -337,6 +337,63 @@ def test_other_species_become_negatives_split_by_session(demo_dir, cache_dir):
     assert dropped["primary_label"].isin(classes).all()
 
 
+@pytest.mark.parametrize("layout", ["birdclef folder", "its train_audio", "species folders"])
+def test_negatives_folder_of_other_species(demo_dir, cache_dir, tmp_path, layout):
+    """A labelled folder given as data.negatives (the README's remedy: the region's other
+    birds): its recordings of a selected species are left out with a warning, never
+    taught as negatives; its metadata's author and date group the rest by session."""
+    from birdstack.data.prepare import prepare
+
+    if layout == "birdclef folder":
+        folder = demo_dir
+    elif layout == "its train_audio":
+        folder = demo_dir / "train_audio"
+    else:  # a folder per species without any metadata: files linked, no CSV
+        folder = tmp_path / "other_birds"
+        for f in sorted((demo_dir / "train_audio").rglob("*.ogg")):
+            (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (folder / f.parent.name / f.name).symlink_to(f)
+    cfg = Config.from_dict(
+        {
+            "data": {
+                "path": str(demo_dir),
+                "top_k": 3,
+                "cache_dir": str(cache_dir),
+                "other_species": "drop",
+                "negatives": [str(folder)],
+            },
+            "task": {"kind": "multilabel"},
+        }
+    )
+    prepared = prepare(cfg.data, cfg.preprocessing, progress=False, task=cfg.task)
+    m, classes = prepared.manifest, prepared.classes
+    neg = m[m["rec_id"].str.startswith("negatives/")]
+    assert len(neg) == 48 and len(classes) == 3
+    meta = load_metadata(demo_dir).set_index("filename")
+    key = neg["filename"].map(lambda f: f.removeprefix("train_audio/"))
+    if layout == "species folders":  # only the folder names the species
+        own = key.map(lambda f: Path(f).parent.name).isin(classes)
+        assert own.sum() == 24  # 8 recordings of each selected species
+    else:  # the metadata: primary and secondary labels
+        labels = meta["primary_label"].map(lambda p: [p]) + meta["secondary_labels"]
+        own = pd.Series([bool(set(labels[k]) & set(classes)) for k in key], index=neg.index)
+        assert own.sum() > 24  # background birds of a selected species count too
+    assert neg.loc[own, "dropped"].all() and not neg.loc[~own, "dropped"].any()
+    assert neg.loc[own, "drop_reason"].str.contains("selected species in a data.negatives").all()
+    assert [w for w in prepared.warnings if w.startswith(f"data.negatives: {own.sum()} file(s)")]
+    kept = neg[~own]
+    assert (kept["labels"].map(json.loads).map(len) == 0).all()
+    focal = m[~m["rec_id"].str.startswith("negatives/") & ~m["dropped"]]
+    assert set(focal["primary_label"]) == set(classes)
+    if layout == "species folders":  # nothing says who recorded what: a file per session
+        assert (kept["session"] == kept["rec_id"]).all()
+    else:
+        want = meta["author"].astype(str) + " | " + meta["date"].astype(str)
+        assert (kept["session"].to_numpy() == want.loc[key[~own]].to_numpy()).all()
+        for _, g in kept.groupby("session"):
+            assert g["fold"].nunique() == 1
+
+
 def test_multilabel_ranks_species_by_their_own_recordings(demo_dir, tmp_path, cache_dir):
     """--top-k counts a focal recording for its primary label only: a background bird
     named as a secondary label in many recordings does not displace the species the

@@ -92,7 +92,9 @@ DATA_OPTS = [
         "--negatives",
         "data.negatives",
         _csv,
-        "multilabel: comma-separated folders of clips with no target species (all-negative)",
+        "multilabel: comma-separated folders of clips with no target species (all-negative), "
+        "e.g. your site's bird-free clips or your region's other birds; files that a folder's "
+        "train_metadata.csv or species subfolders name as a selected species are left out",
     ),
     Opt(
         "--other-species",

@@ -309,8 +309,35 @@ def load_soundscapes(root: str | os.PathLike[str]) -> pd.DataFrame:
     return df[[*BASE_COLUMNS, "events"]]
 
 
+def _negatives_metadata(d: Path) -> dict[Path, tuple[list[str], str, str]]:
+    """Species, author and date of each file a ``data.negatives`` folder's own metadata
+    lists: a BirdCLEF folder (its ``train_metadata.csv``), or its audio folder
+    (``train_audio/`` beside the CSV). Empty for a folder without one."""
+    from birdstack.data.metadata import AUDIO_DIRS, METADATA_CSV, load_metadata
+
+    if (d / METADATA_CSV).is_file():
+        root = d
+    elif d.name in AUDIO_DIRS and (d.parent / METADATA_CSV).is_file():
+        root = d.parent
+    else:
+        return {}
+    out = {}
+    for r in load_metadata(root).itertuples():
+        sec = r.secondary_labels if isinstance(r.secondary_labels, (list, tuple)) else []
+        species = [str(x) for x in (r.primary_label, *sec) if str(x)]
+        out[Path(str(r.path)).resolve()] = (species, str(r.author or ""), str(r.date or ""))
+    return out
+
+
 def load_negatives(folders: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Metadata rows for folders of audio with no target species (``data.negatives``)."""
+    """Metadata rows for folders of audio with no target species (``data.negatives``).
+
+    Each row's ``negative_species`` lists the species the folder says the file holds:
+    from the folder's own metadata (a BirdCLEF folder or its ``train_audio/``; its author
+    and date then group the file's session in the folds too), else the name of the
+    subfolder it lies in (a folder per species). ``prepare`` leaves out the files of a
+    selected species: they are no negatives. Files in the folder's top level name none.
+    """
     from birdstack.data.metadata import BASE_COLUMNS
     from birdstack.features.audio import find_audio_files
 
@@ -322,8 +349,12 @@ def load_negatives(folders: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
         found = find_audio_files(d)
         if not found:
             raise BadInputError(d, "data.negatives: no audio files in this folder")
+        listed = _negatives_metadata(d)
         for p in found:
             rel = p.relative_to(d)
+            species, author, date = listed.get(
+                p.resolve(), ([rel.parts[0]] if len(rel.parts) > 1 else [], "", "")
+            )
             rows.append(
                 {
                     "rec_id": f"negatives/{d.name}/{rel.with_suffix('').as_posix()}",
@@ -331,14 +362,15 @@ def load_negatives(folders: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
                     "filename": rel.as_posix(),
                     "primary_label": "",
                     "secondary_labels": [],
-                    "author": "",
-                    "date": "",
+                    "author": author,
+                    "date": date,
                     "exists": True,
                     "events": "[]",
                     "negative": True,
+                    "negative_species": species,
                 }
             )
-    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, "events", "negative"])
+    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, "events", "negative", "negative_species"])
 
 
 def file_number(path: str) -> int | None:

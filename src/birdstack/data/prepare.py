@@ -193,6 +193,32 @@ def _select_multilabel(df: pd.DataFrame, data: DataConfig) -> list[str]:
     return classes
 
 
+def _drop_target_negatives(df: pd.DataFrame, classes: list[str]) -> str | None:
+    """Leave out the ``data.negatives`` files that their folder says hold a selected
+    species (``negative_species``, see :func:`~birdstack.data.annotations.load_negatives`):
+    a recording of a target species taught as "none of them" would teach the detector to
+    miss it. Returns the warning, or None."""
+    if "negative_species" not in df:
+        return None
+    chosen = set(classes)
+    named = [
+        sorted(chosen.intersection(v)) if isinstance(v, list) else []
+        for v in df["negative_species"]
+    ]
+    hit = pd.Series([bool(n) for n in named], index=df.index) & df["negative"] & ~df["dropped"]
+    del df["negative_species"]
+    if not hit.any():
+        return None
+    species = sorted({c for n, h in zip(named, hit) if h for c in n})
+    _drop(df, hit, f"a selected species in a data.negatives folder ({', '.join(species)})")
+    first = df.loc[hit, "path"].iloc[0]
+    return (
+        f"data.negatives: {int(hit.sum())} file(s) are recordings of selected species "
+        f"({', '.join(species)}; e.g. {first}): left out, not taught as negatives; add "
+        "them to --data to train on them as recordings of their species"
+    )
+
+
 def _check_multilabel_sizes(df: pd.DataFrame, classes: list[str], minimum: int) -> None:
     """Every selected class must occur in ``minimum`` kept recordings (multi-label)."""
     if minimum <= 0:
@@ -247,6 +273,7 @@ def prepare(
         _drop_rows(df, split_missing(df)[1])
 
     # 2. species selection
+    negatives_note = None
     if multilabel:
         from birdstack.data.annotations import has_events
 
@@ -256,6 +283,7 @@ def prepare(
         df["is_soundscape"] = [has_events(v) for v in events]
         df["labels"] = row_labels(df)
         classes = _select_multilabel(df, data)
+        negatives_note = _drop_target_negatives(df, classes)
     else:
         classes = select_species(
             df[~df["dropped"]],
@@ -324,6 +352,8 @@ def prepare(
     preprocessing = dataclasses.replace(preprocessing, encoding=enc)
 
     warnings: list[str] = []
+    if negatives_note:
+        warnings.append(negatives_note)
     if multilabel:
         counts = pd.Series(
             [lab for labs in df.loc[~df["dropped"], "labels"] for lab in labs], dtype=object
