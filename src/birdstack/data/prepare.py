@@ -210,7 +210,7 @@ def _drop_target_negatives(df: pd.DataFrame, classes: list[str]) -> str | None:
     if not hit.any():
         return None
     species = sorted({c for n, h in zip(named, hit) if h for c in n})
-    _drop(df, hit, f"a selected species in a data.negatives folder ({', '.join(species)})")
+    _drop(df, hit, "data.negatives: a recording of a selected species")
     first = df.loc[hit, "path"].iloc[0]
     return (
         f"data.negatives: {int(hit.sum())} file(s) are recordings of selected species "
