@@ -62,16 +62,15 @@ def score_run(run: Path, fields: dict[str, Path]) -> list[dict]:
     negative = val.get("negative", pd.Series(False, index=val.index))
     negative = negative.astype(str).str.lower().isin(("true", "1")).to_numpy()
 
-    preds, wins, targets, rec_targets = [], [], [], []
-    for path, labels in zip(val["path"], val["labels"], strict=True):
-        pred = predictor.predict(path)
+    preds = [predictor.predict(path) for path in val["path"]]
+    wins = [pred.window_probs for pred in preds]
+    rec_targets = []
+    for labels in val["labels"]:
         t = np.zeros(len(classes), dtype=bool)
         for lab in json.loads(labels) if isinstance(labels, str) else []:
             t[index[lab]] = True
-        preds.append(pred)
-        wins.append(pred.window_probs)
-        targets.append(np.repeat(t[None, :], len(pred.window_probs), axis=0))
         rec_targets.append(t)
+    targets = [np.repeat(t[None, :], len(w), axis=0) for t, w in zip(rec_targets, wins)]
     win_neg = np.concatenate([[n] * len(w) for n, w in zip(negative, wins, strict=True)])
     y, p = np.concatenate(targets), np.concatenate(wins)
     default, beta = float(task["threshold"]), float(task["threshold_beta"])

@@ -314,6 +314,7 @@ def _negatives_metadata(d: Path) -> dict[Path, tuple[list[str], str, str]]:
     lists: a BirdCLEF folder (its ``train_metadata.csv``), or its audio folder
     (``train_audio/`` beside the CSV). Empty for a folder without one."""
     from birdstack.data.metadata import AUDIO_DIRS, METADATA_CSV, load_metadata
+    from birdstack.data.prepare import row_labels  # primary + secondary labels
 
     if (d / METADATA_CSV).is_file():
         root = d
@@ -321,12 +322,13 @@ def _negatives_metadata(d: Path) -> dict[Path, tuple[list[str], str, str]]:
         root = d.parent
     else:
         return {}
-    out = {}
-    for r in load_metadata(root).itertuples():
-        sec = r.secondary_labels if isinstance(r.secondary_labels, (list, tuple)) else []
-        species = [str(x) for x in (r.primary_label, *sec) if str(x)]
-        out[Path(str(r.path)).resolve()] = (species, str(r.author or ""), str(r.date or ""))
-    return out
+    meta = load_metadata(root)
+    return {
+        Path(str(path)).resolve(): (species, str(author or ""), str(date or ""))
+        for path, species, author, date in zip(
+            meta["path"], row_labels(meta), meta["author"], meta["date"], strict=True
+        )
+    }
 
 
 def load_negatives(folders: Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
