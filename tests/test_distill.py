@@ -287,3 +287,78 @@ def test_embedding_distillation_on_demo_data(demo_teacher, demo_dir, cache_dir, 
     assert not any("embed_proj" in k for k in net.state_dict())
     pred = Predictor.from_checkpoint(result.last_checkpoint, threads=1)
     assert pred.predict(sorted(demo_dir.glob("train_audio/*/*.ogg"))[0]).probs.shape == (6,)
+
+
+def test_cross_fitted_teacher_scores_each_fold_out_of_fold(
+    demo_teacher, demo_dir, cache_dir, tmp_path
+) -> None:
+    """distill.cross_fit: fold j's training recordings get the scores of the teacher's
+    config retrained without folds j and the student's validation fold (never the full
+    teacher's, which trained on them); the teachers are reused, and recorded."""
+    import pandas as pd
+
+    from birdstack.cli.main import build_parser, config_from_args
+    from birdstack.data.prepare import prepare
+    from birdstack.training.checkpoint import load_checkpoint
+    from birdstack.training.distill import Teacher
+    from birdstack.training.train import (
+        cross_fit_teacher_configs,
+        describe_training,
+        distillation_inputs,
+        resolve_config,
+        train,
+        train_cross_fit_teachers,
+    )
+
+    with pytest.raises(ConfigError, match="needs distill.teacher"):
+        Config.from_dict({"distill": {"cross_fit": True}})
+    argv = ["train", "--teacher", "t.ckpt", "--cross-fit"]
+    assert config_from_args(build_parser().parse_args(argv)).distill.cross_fit
+    with pytest.raises(ConfigError, match="exclude_folds"):
+        Config.from_dict({"data": {"val_fold": 1, "exclude_folds": [1]}})
+    teacher = str(demo_teacher.last_checkpoint)
+    cfg = _student_cfg(
+        demo_dir, cache_dir, tmp_path / "student", teacher, **{"distill.cross_fit": True}
+    )
+    assert "cross-fitted over 4 training folds" in describe_training(resolve_config(cfg))
+    configs = cross_fit_teacher_configs(cfg)
+    assert sorted(configs) == [1, 2, 3, 4]
+    assert all(c.data.exclude_folds == (0,) and c.data.val_fold == j for j, c in configs.items())
+    assert all(c.model.name == "birdnet_linear" for c in configs.values())  # the teacher's own
+
+    paths = train_cross_fit_teachers(cfg)
+    prepared = prepare(cfg.data, cfg.preprocessing, progress=False)
+    kept = prepared.kept
+    for j, ckpt in paths.items():
+        man = pd.read_csv(Path(ckpt).parents[1] / "data" / "manifest.csv")
+        # the folds are the student's; fold 0 is out, fold j is the teacher's validation
+        live = man[~man["dropped"]]
+        assert set(live.loc[live["split"] == "train", "fold"]) == {1, 2, 3, 4} - {j}
+        held_out = man.loc[man["fold"] == 0, "drop_reason"]
+        assert (held_out == "data.exclude_folds: a held-out fold").all()
+        assert load_checkpoint(ckpt)["birdstack"]["classes"] == prepared.classes
+    tables, _ = distillation_inputs(cfg, prepared)
+    assert tables is not None
+    full = Teacher(teacher, prepared.classes, cache_dir)
+    differs = 0
+    for j, ckpt in paths.items():
+        inner = Teacher(ckpt, prepared.classes, cache_dir)
+        for p in kept.loc[kept["fold"] == j, "path"].astype(str):
+            np.testing.assert_allclose(tables[p].probs, inner.table(p).probs, rtol=1e-6)
+            differs += not np.allclose(tables[p].probs, full.table(p).probs, atol=1e-3)
+    assert differs > 0
+    # a finished teacher is reused, not retrained
+    stamp = {j: Path(c).stat().st_mtime_ns for j, c in paths.items()}
+    result = train(cfg)
+    assert {j: Path(c).stat().st_mtime_ns for j, c in paths.items()} == stamp
+    meta = load_checkpoint(result.last_checkpoint)["birdstack"]["teacher"]
+    assert sorted(meta["cross_fit"]) == ["1", "2", "3", "4"]
+    # the teacher's settings come from its run folder: a bare checkpoint cannot be retrained
+    bare = tmp_path / "bare.ckpt"
+    shutil.copy(teacher, bare)
+    with pytest.raises(ConfigError, match="no run config beside it"):
+        cross_fit_teacher_configs(
+            _student_cfg(
+                demo_dir, cache_dir, tmp_path / "s2", str(bare), **{"distill.cross_fit": True}
+            )
+        )

@@ -363,6 +363,10 @@ class DataConfig:
     1 / (its class's item count), seeded by ``(trainer.seed, epoch)``: rare classes are
     oversampled instead of common ones being dropped (an alternative to ``balance``). Under
     DDP the processes split each epoch's draws between them.
+
+    ``exclude_folds``: folds left out after the split, neither trained nor validated on
+    (nested cross-validation: ``distill.cross_fit`` trains its teachers so). The classes
+    and every other recording's fold stay those of the full selection.
     """
 
     path: str = "data/birds-demo"
@@ -374,6 +378,7 @@ class DataConfig:
     sampling: Literal["shuffle", "class_balanced"] = "shuffle"
     n_folds: int = 5
     val_fold: int = 0
+    exclude_folds: tuple[int, ...] = ()
     single_session: Literal["split", "drop", "error"] = "split"
     seed: int = 0
     cache_dir: str | None = None
@@ -399,6 +404,12 @@ class DataConfig:
             raise ConfigError(f"data.n_folds={self.n_folds} must be >= 2")
         if not 0 <= self.val_fold < self.n_folds:
             raise ConfigError(f"data.val_fold={self.val_fold} must be in [0, {self.n_folds - 1}]")
+        for f in self.exclude_folds:
+            if not 0 <= f < self.n_folds or f == self.val_fold:
+                raise ConfigError(
+                    f"data.exclude_folds={list(self.exclude_folds)}: each must be a fold in "
+                    f"[0, {self.n_folds - 1}] other than data.val_fold={self.val_fold}"
+                )
         if self.single_session not in ("split", "drop", "error"):
             raise ConfigError(
                 f"data.single_session={self.single_session!r}: use 'split', 'drop' or 'error'"
@@ -623,8 +634,11 @@ class DistillConfig:
     unlabelled: tuple[str, ...] = ()
     embedding: float = 0.0
     unlabelled_share: float | None = None
+    cross_fit: bool = False
 
     def __post_init__(self) -> None:
+        if self.cross_fit and not self.teacher:
+            raise ConfigError("distill.cross_fit needs distill.teacher (--teacher CKPT)")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1]")
         if self.temperature <= 0:

@@ -248,6 +248,15 @@ TRAIN_OPTS = [
         float,
         "with --unlabelled: share of each epoch's draws from the unlabelled audio (e.g. 0.5)",
     ),
+    Opt(
+        "--cross-fit",
+        "distill.cross_fit",
+        None,
+        "with --teacher: each training recording's targets from the teacher retrained without "
+        "its fold (out-of-fold scores; the teacher's run folder must hold its config.yaml)",
+        "store_const",
+        True,
+    ),
     Opt("--loss", "task.loss", str, "multilabel: bce | focal"),
     Opt(
         "--secondary-weight",

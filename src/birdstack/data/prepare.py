@@ -16,7 +16,9 @@ The order of the study's rules, each recorded in the manifest's ``drop_reason``:
 6. folds: stratified by species, grouped by recording session;
 7. every selected class must keep ``data.min_class_recordings`` recordings (default 5),
    else prepare stops with a :class:`~birdstack.config.ConfigError` naming the class,
-   what it has left and which rule removed how many (``0``: no check).
+   what it has left and which rule removed how many (``0``: no check);
+8. ``data.exclude_folds`` (nested cross-validation) leaves whole folds out; the classes
+   and the other folds stay those of the full selection.
 
 The output folder gets ``manifest.csv`` (one row per recording), ``classes.json``
 and ``prepare.json`` (the resolved preprocessing, with the target length).
@@ -428,6 +430,12 @@ def prepare(
         df["labels"] = [
             json.dumps([lab for lab in labs if lab in label_map]) for labs in df["labels"]
         ]
+    if data.exclude_folds:  # nested cross-validation: after the classes, so they stay the same
+        _drop(
+            df,
+            ~df["dropped"] & df["fold"].isin(data.exclude_folds),
+            "data.exclude_folds: a held-out fold",
+        )
     df["split"] = "-"
     live = ~df["dropped"]
     df.loc[live, "split"] = (df.loc[live, "fold"] == data.val_fold).map(

@@ -27,6 +27,12 @@ tasks do not teach each other): every output is its own binary problem, with
 species, noise, the user's own field recordings): they are trained on the teacher's
 scores alone.
 
+``--cross-fit`` (``distill.cross_fit``): the teacher trained on the student's training
+recordings scores them with a confidence it has on no new session. Its run's config is
+retrained once per training fold ``j`` without ``j`` (and without the validation fold),
+and fold ``j``'s recordings get that copy's scores: out-of-fold targets
+(:func:`birdstack.training.train.cross_fit_teacher_configs`).
+
 ``--distill-embedding W`` (a teacher on BirdNET features) adds ``W`` x the mean squared
 error between a training-only ``Linear`` of the student's pooled features and the
 teacher's standardised 1024-d BirdNET embedding of the same span (feature

@@ -147,10 +147,15 @@ def validate_config(cfg: Config) -> None:
     from birdstack.data.augment import check_augment
 
     check_augment(resolve_config(cfg))
-    _check_trainer_settings(cfg)
+    world = _check_trainer_settings(cfg)
+    if cfg.distill.cross_fit and world > 1:
+        raise ConfigError(
+            "distill.cross_fit trains its teachers in one process; train the student on one "
+            f"device (--devices 1), not {world}"
+        )
 
 
-def _check_trainer_settings(cfg: Config) -> None:
+def _check_trainer_settings(cfg: Config) -> int:
     """Let Lightning check accelerator, devices, strategy and precision now, not after prepare."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -158,7 +163,7 @@ def _check_trainer_settings(cfg: Config) -> None:
     # deterministic=None: checking must not switch torch's global deterministic mode
     kwargs = {**_trainer_kwargs(cfg), "deterministic": None}
     try:
-        L.Trainer(**kwargs, logger=False, enable_checkpointing=False)
+        return int(L.Trainer(**kwargs, logger=False, enable_checkpointing=False).world_size)
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as e:
         raise ConfigError(
             f"trainer settings accelerator={t.accelerator!r}, devices={t.devices!r}, "
@@ -289,6 +294,10 @@ def build_module(cfg: Config, prepared: PreparedData) -> BirdClassifier:
         from birdstack.training.distill import describe_teacher
 
         meta["teacher"] = describe_teacher(teacher_path(cfg))
+        if cfg.distill.cross_fit:
+            meta["teacher"]["cross_fit"] = {
+                str(j): describe_teacher(p) for j, p in cross_fit_teacher_paths(cfg).items()
+            }
     return BirdClassifier(
         net,
         cfg.optim,
@@ -318,8 +327,11 @@ def teacher_path(cfg: Config) -> str:
     return t.format(fold=cfg.data.val_fold, seed=cfg.trainer.seed) if "{" in t else t
 
 
-def check_teacher_leakage(teacher: str, val_paths: pd.Series) -> None:
-    """Refuse a teacher whose run trained on this run's validation recordings.
+def check_teacher_leakage(
+    teacher: str, val_paths: pd.Series, what: str = "this run's validation recordings"
+) -> None:
+    """Refuse a teacher whose run trained on this run's validation recordings (or on
+    ``what`` else it must not have heard).
 
     The teacher's run folder (``<run>/checkpoints/x.ckpt`` -> ``<run>/data/manifest.csv``)
     says which recordings it trained on; a teacher that saw them would hand their
@@ -330,19 +342,94 @@ def check_teacher_leakage(teacher: str, val_paths: pd.Series) -> None:
     seen = trained_on(teacher, list(val_paths))
     if seen is None:
         log.warning(
-            "teacher %s has no run manifest beside it: cannot check that it never trained on "
-            "this run's validation recordings",
+            "teacher %s has no run manifest beside it: cannot check that it never trained on %s",
             teacher,
+            what,
         )
         return
     leaked = [p for p, s in zip(val_paths, seen, strict=True) if s]
     if leaked:
         raise ConfigError(
-            f"teacher {teacher} was trained on {len(leaked)} of this run's {len(val_paths)} "
-            f"validation recordings (e.g. {Path(leaked[0]).name}); its scores would leak their "
-            "labels. Use a teacher trained without this validation fold, e.g. "
-            "--teacher 'RUNS/fused__fold{fold}__seed0/checkpoints/last.ckpt'"
+            f"teacher {teacher} was trained on {len(leaked)} of {what} ({len(val_paths)}, "
+            f"e.g. {Path(leaked[0]).name}); its scores would leak their labels. Use a teacher "
+            "trained without this validation fold, e.g. "
+            "--teacher 'RUNS/fused__fold{fold}__seed0/checkpoints/last.ckpt', with the same "
+            "data selection, folds and seed as the student"
         )
+
+
+def cross_fit_teacher_configs(cfg: Config) -> dict[int, Config]:
+    """``distill.cross_fit``: the teacher's own config, once per training fold ``j``,
+    retrained on the student's data without fold ``j`` and without the student's
+    validation fold (``data.exclude_folds``), validated on ``j``: the teacher of fold
+    ``j``'s recordings. Their runs go to ``<run>/teachers/fold<j>``. Empty without
+    ``distill.cross_fit``.
+    """
+    if not (cfg.distill.teacher and cfg.distill.cross_fit):
+        return {}
+    from birdstack.config import load_yaml
+
+    teacher = Path(teacher_path(cfg))
+    saved = teacher.parent.parent / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(
+            f"distill.cross_fit retrains the teacher with its own settings, but {teacher} has "
+            f"no run config beside it ({saved}); pass the checkpoint inside its run folder"
+        )
+    tcfg = Config.from_dict(load_yaml(saved))
+    if tcfg.distill.teacher:
+        raise ConfigError(
+            f"distill.cross_fit: {teacher} was itself distilled (from "
+            f"{tcfg.distill.teacher}); cross-fit a teacher trained on labels"
+        )
+    d = cfg.data
+    return {
+        j: tcfg.override(
+            {
+                "data.path": d.path,
+                "data.n_folds": d.n_folds,
+                "data.seed": d.seed,
+                "data.val_fold": j,
+                "data.exclude_folds": [d.val_fold],
+                "data.cache_dir": d.cache_dir,
+                "data.workers": d.workers,
+                "trainer.progress": cfg.trainer.progress,
+                "out_dir": str(Path(cfg.out_dir) / "teachers" / f"fold{j}"),
+            }
+        )
+        for j in range(d.n_folds)
+        if j != d.val_fold
+    }
+
+
+def cross_fit_teacher_paths(cfg: Config) -> dict[int, str]:
+    """Fold -> the checkpoint (same name as ``distill.teacher``'s) scoring that fold."""
+    name = Path(teacher_path(cfg)).name
+    return {
+        j: str(Path(c.out_dir) / "checkpoints" / name)
+        for j, c in cross_fit_teacher_configs(cfg).items()
+    }
+
+
+def train_cross_fit_teachers(cfg: Config) -> dict[int, str]:
+    """Train (or reuse, or resume) the ``distill.cross_fit`` teachers; fold -> checkpoint.
+
+    A teacher run that finished with the same settings is reused, so a resumed student
+    and a rerun sweep train each teacher once.
+    """
+    paths = cross_fit_teacher_paths(cfg)
+    for j, tcfg in cross_fit_teacher_configs(cfg).items():
+        run = Path(tcfg.out_dir)
+        finished = (
+            (run / "result.json").is_file()
+            and Path(paths[j]).is_file()
+            and not saved_config_differences(run, tcfg, VOLATILE_KEYS)
+        )
+        if finished:
+            continue
+        log.info("distill.cross_fit: training the teacher of fold %d in %s", j, run)
+        train(tcfg, resume=(run / "checkpoints" / "last.ckpt").is_file())
+    return paths
 
 
 def distillation_inputs(
@@ -364,10 +451,30 @@ def distillation_inputs(
     ckpt = teacher_path(cfg)
     m = prepared.kept
     paths = m.loc[m["fold"] != cfg.data.val_fold, "path"].astype(str).tolist()
-    check_teacher_leakage(ckpt, m.loc[m["fold"] == cfg.data.val_fold, "path"].astype(str))
-    teacher = Teacher(
-        ckpt, prepared.classes, root, embeddings=d.embedding > 0, multilabel=cfg.task.multilabel
-    )
+    val_paths = m.loc[m["fold"] == cfg.data.val_fold, "path"].astype(str)
+    check_teacher_leakage(ckpt, val_paths)
+
+    def make_teacher(checkpoint: str) -> Teacher:
+        return Teacher(
+            checkpoint,
+            prepared.classes,
+            root,
+            embeddings=d.embedding > 0,
+            multilabel=cfg.task.multilabel,
+        )
+
+    teacher = make_teacher(ckpt)
+    # distill.cross_fit: fold j's recordings are scored by the teacher trained without j
+    scored: dict[str, Any] = {}
+    for j, inner in cross_fit_teacher_paths(cfg).items():
+        fold_paths = m.loc[m["fold"] == j, "path"].astype(str)
+        check_teacher_leakage(
+            inner,
+            pd.concat([fold_paths, val_paths]),
+            f"the recordings of folds {j} and {cfg.data.val_fold} it must not have heard",
+        )
+        inner_tables = make_teacher(inner).tables(fold_paths.tolist(), cfg.trainer.progress)
+        scored.update(zip(fold_paths, inner_tables))
     unlabelled = None
     if d.unlabelled:
         files = unlabelled_files(d.unlabelled)
@@ -389,7 +496,9 @@ def distillation_inputs(
         )
         paths += unlabelled["path"].tolist()
         log.info("distillation: %d unlabelled recording(s) added", len(unlabelled))
-    tables = teacher.tables(paths, progress=cfg.trainer.progress)
+    rest = [p for p in paths if p not in scored]
+    scored.update(zip(rest, teacher.tables(rest, progress=cfg.trainer.progress)))
+    tables = [scored[p] for p in paths]
     if d.embedding > 0:
         from birdstack.training.distill import standardize_embeddings
 
@@ -426,6 +535,8 @@ def describe_training(cfg: Config) -> str:
         unl = f", {len(d.unlabelled)} unlabelled folder(s)" if d.unlabelled else ""
         if d.unlabelled and d.unlabelled_share is not None:
             unl += f" at {d.unlabelled_share:.0%} of the draws"
+        if d.cross_fit:
+            extra += f", cross-fitted over {cfg.data.n_folds - 1} training folds"
         parts.append(f"distilled (alpha {d.alpha:g}, temperature {d.temperature:g}{extra}{unl})")
     aug = []
     if a.time_shift:
@@ -565,6 +676,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         remove_stale_temp_files(d)  # left by a run that was killed while writing
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     start = time.perf_counter()
+    # before the run's own seeding: the teachers' training leaves no trace in its streams
+    train_cross_fit_teachers(cfg)
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     prepared = prepare(
