@@ -402,13 +402,15 @@ def cross_fit_teacher_configs(cfg: Config) -> dict[int, Config]:
     }
 
 
-def cross_fit_teacher_paths(cfg: Config) -> dict[int, str]:
-    """Fold -> the checkpoint (same name as ``distill.teacher``'s) scoring that fold."""
+def cross_fit_teacher_paths(
+    cfg: Config, configs: dict[int, Config] | None = None
+) -> dict[int, str]:
+    """Fold -> the checkpoint (same name as ``distill.teacher``'s) scoring that fold
+    (``configs``: :func:`cross_fit_teacher_configs`, read here when not given)."""
+    if configs is None:
+        configs = cross_fit_teacher_configs(cfg)
     name = Path(teacher_path(cfg)).name
-    return {
-        j: str(Path(c.out_dir) / "checkpoints" / name)
-        for j, c in cross_fit_teacher_configs(cfg).items()
-    }
+    return {j: str(Path(c.out_dir) / "checkpoints" / name) for j, c in configs.items()}
 
 
 def train_cross_fit_teachers(cfg: Config) -> dict[int, str]:
@@ -417,8 +419,9 @@ def train_cross_fit_teachers(cfg: Config) -> dict[int, str]:
     A teacher run that finished with the same settings is reused, so a resumed student
     and a rerun sweep train each teacher once.
     """
-    paths = cross_fit_teacher_paths(cfg)
-    for j, tcfg in cross_fit_teacher_configs(cfg).items():
+    configs = cross_fit_teacher_configs(cfg)
+    paths = cross_fit_teacher_paths(cfg, configs)
+    for j, tcfg in configs.items():
         run = Path(tcfg.out_dir)
         finished = (
             (run / "result.json").is_file()
