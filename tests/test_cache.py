@@ -116,6 +116,7 @@ def test_settings_select_the_folder(tmp_path: Path) -> None:
     base = cache_at(tmp_path)
     assert cache_at(tmp_path, top_db=60.0).dir == base.dir  # normalisation: not in the key
     assert cache_at(tmp_path, band_norm="median").dir == base.dir
+    assert cache_at(tmp_path, band_norm="pcen").dir == base.dir
     # ... but the FFT precision it implies is: 160 dB of power range needs float64
     assert cache_at(tmp_path, top_db=160.0).dir != base.dir
     assert cache_at(tmp_path, n_mels=64).dir != base.dir

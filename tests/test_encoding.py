@@ -128,3 +128,52 @@ def test_band_median_equals_numpy_median(frames):
     got = band_median(db)
     assert got.dtype == np.float32 and got.shape == (4, 1, 32, 1)
     np.testing.assert_array_equal(got, np.median(db, axis=-1, keepdims=True))
+
+
+def test_pcen_is_librosas_and_cancels_gain_and_stationary_background():
+    """band_norm='pcen': librosa.pcen at its defaults (the smoother started at each band's
+    median), nearly blind to the recording's gain and to a band's stationary hum, with the
+    call on top; segments and stacked inputs both get it; it needs the frame rate."""
+    librosa = pytest.importorskip("librosa")
+    from scipy.signal import lfilter_zi
+
+    from birdstack.features.melbank import (
+        PCEN_INPUT_SCALE,
+        band_median,
+        normalize_db_np,
+        pcen_smoothing,
+    )
+
+    fps = 32000 / 512
+    rng = np.random.default_rng(1)
+    db = rng.normal(-70, 3, size=(16, 200)).astype(np.float32)
+    db[5, 80:110] += 35  # a call
+    mag = np.power(10.0, db.astype(np.float64) / 20) * PCEN_INPUT_SCALE
+    b = pcen_smoothing(fps)
+    zi = lfilter_zi([b], [1, b - 1]) * np.power(10.0, band_median(db) / 20.0) * PCEN_INPUT_SCALE
+    ref = librosa.pcen(mag, sr=32000, hop_length=512, zi=zi)
+    x = encode_segment(db, 0, 200, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
+    assert np.unravel_index(np.argmax(x), x.shape)[0] == 5  # the call stands out
+    # 20 dB louder: the inputs move by under 5 % (gain 0.98: 10 ** (20 / 20 * 0.02) - 1)
+    louder = db + 20.0
+    y = encode_segment(louder, 0, 200, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    assert np.abs(y / x - 1).max() < 0.05
+    # ... and 36 dB more of stationary hum in band 9: under 15 % there; the dB scaling
+    # makes the hum the loudest thing in the window
+    louder[9] += 36.0
+    y = encode_segment(louder, 0, 200, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    assert np.abs(y / x - 1).max() < 0.15
+    assert np.unravel_index(np.argmax(y), y.shape)[0] == 5
+    plain = encode_segment(louder, 0, 200, 80.0)[0]
+    assert np.unravel_index(np.argmax(plain), plain.shape)[0] == 9
+    # padding stays 0 ("nothing above the background"), the window's frames only
+    short = encode_segment(db, 180, 60, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    assert np.all(short[:, 20:] == 0)
+    np.testing.assert_allclose(
+        short[:, :20], normalize_db_np(db[:, 180:], 80.0, band_norm="pcen", frame_rate=fps)
+    )
+    stacked = encode_stacked(db, 200, 10, 80.0, band_norm="pcen", frame_rate=fps)
+    np.testing.assert_allclose(stacked[8], x[:, 160:180], rtol=1e-6)  # channel 8 = frames 160-179
+    with pytest.raises(ValueError, match="frame rate"):
+        encode_segment(db, 0, 60, 80.0, band_norm="pcen")

@@ -73,12 +73,13 @@ def test_segments_recording_probs_equal_validation_pooling(segments, segments_ru
     assert np.abs(first.numpy() - ours).max() > 1e-4
 
 
-def test_band_median_is_applied_by_predict_as_in_training(segments, segments_run):
+@pytest.mark.parametrize("band_norm", ["median", "pcen"])
+def test_band_norm_is_applied_by_predict_as_in_training(segments, segments_run, band_norm):
     """spectrogram.band_norm travels with the preprocessing: the predictor's inputs are
     the dataset's, window for window, and not the plain ones."""
     pre = segments.preprocessing
     median = dataclasses.replace(
-        pre, spectrogram=dataclasses.replace(pre.spectrogram, band_norm="median")
+        pre, spectrogram=dataclasses.replace(pre.spectrogram, band_norm=band_norm)
     )
     pred = Predictor(segments.runner, segments.classes, median, threads=1)
     val = _kept(segments_run)

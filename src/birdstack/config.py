@@ -44,7 +44,7 @@ class AudioConfig:
             raise ConfigError(f"audio.sample_rate={self.sample_rate} is too low (use >= 1000 Hz)")
 
 
-BAND_NORMS = ("none", "median")
+BAND_NORMS = ("none", "median", "pcen")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,14 @@ class SpectrogramConfig:
     frames (dB): a stationary background and the recorder's frequency response, the
     things that change from one recording session to the next, drop out, and what
     stands above its band's typical level remains (the idea of Sprengel et al. 2016's
-    median clipping, and of PCEN). It changes model inputs, not the cached features.
+    median clipping). ``band_norm="pcen"`` replaces the dB scaling with per-channel
+    energy normalisation (:func:`birdstack.features.melbank.pcen_db`, librosa.pcen's
+    defaults: each band divided by its own slow moving average, 0.4 s, then
+    compressed), the adaptive form of the same idea (Lostanlen et al. 2019); ``top_db``
+    then plays no part. Both change model inputs, not the cached features. (The cache's
+    float32 FFT is chosen for ``top_db``: exact to 0.0015 dB within 80 dB of an input's
+    maximum; PCEN also reads the bands below that, with larger rounding there, the same
+    in training and in ``predict``.)
     """
 
     n_fft: int = 2048

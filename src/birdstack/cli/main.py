@@ -150,7 +150,8 @@ DATA_OPTS = [
         "--band-norm",
         "preprocessing.spectrogram.band_norm",
         str,
-        "none | median: subtract each mel band's median over the input's frames (none)",
+        "none | median: subtract each mel band's median over the input's frames | pcen: "
+        "per-channel energy normalisation (librosa.pcen's defaults) (none)",
     ),
     Opt(
         "--frontend",

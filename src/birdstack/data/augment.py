@@ -206,8 +206,8 @@ class TrainAugment:
             assert enc.target_frames is not None
             length = enc.target_frames
             raw = center_trim(np.asarray(db), length)
-        band_norm = self.pre.spectrogram.band_norm
-        x = normalize_db_np(self.add_noise(raw, rng), top_db, band_norm=band_norm)
+        band_norm, fps = self.pre.spectrogram.band_norm, 1.0 / self.pre.seconds_per_frame()
+        x = normalize_db_np(self.add_noise(raw, rng), top_db, band_norm=band_norm, frame_rate=fps)
         x = self.augment_normalised(pad_frames(x, length), rng)
         if enc.kind == "segments":
             return x[None]

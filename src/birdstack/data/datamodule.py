@@ -137,6 +137,7 @@ class BirdDataset(Dataset):
         enc = preprocessing.encoding
         self.top_db = preprocessing.spectrogram.top_db
         self.band_norm = preprocessing.spectrogram.band_norm
+        self.frame_rate = 1.0 / preprocessing.seconds_per_frame()
         if random_crops is not None and enc.kind != "segments":
             raise ValueError("random_crops needs encoding.kind='segments'")
         self.random_crops = random_crops
@@ -230,11 +231,16 @@ class BirdDataset(Dataset):
             )
             x = self.augment.encode(db, start, rng)
         elif enc.kind == "segments":
-            x = encode_segment(db, start, self.window, self.top_db, self.band_norm)
+            x = encode_segment(db, start, self.window, self.top_db, self.band_norm, self.frame_rate)
         else:
             assert enc.target_frames is not None
             x = encode_stacked(
-                np.asarray(db), enc.target_frames, enc.channels, self.top_db, self.band_norm
+                np.asarray(db),
+                enc.target_frames,
+                enc.channels,
+                self.top_db,
+                self.band_norm,
+                self.frame_rate,
             )
         x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         y: Any = int(self.labels[i])

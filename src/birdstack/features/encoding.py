@@ -83,16 +83,22 @@ def stack_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def encode_stacked(
-    db: np.ndarray, target_frames: int, channels: int, top_db: float, band_norm: str = "none"
+    db: np.ndarray,
+    target_frames: int,
+    channels: int,
+    top_db: float,
+    band_norm: str = "none",
+    frame_rate: float | None = None,
 ) -> np.ndarray:
     """One whole-recording input ``[channels, n_mels, target_frames // channels]``.
 
     Longer spectrograms are trimmed from both ends, shorter ones padded at the end
     (whether a short recording may be used at all is the caller's rule); a
-    ``band_norm`` median is taken over the whole trimmed recording.
+    ``band_norm`` median (or PCEN, which needs ``frame_rate``) is taken over the whole
+    trimmed recording.
     """
     x = center_trim(db, target_frames)
-    x = normalize_db_np(x, top_db, band_norm=band_norm)
+    x = normalize_db_np(x, top_db, band_norm=band_norm, frame_rate=frame_rate)
     x = pad_frames(x, target_frames)
     return stack_channels(x, channels)
 
@@ -115,9 +121,17 @@ def segment_starts(n_frames: int, window: int, hop: int, min_last: float) -> lis
 
 
 def encode_segment(
-    db: np.ndarray, start: int, window: int, top_db: float, band_norm: str = "none"
+    db: np.ndarray,
+    start: int,
+    window: int,
+    top_db: float,
+    band_norm: str = "none",
+    frame_rate: float | None = None,
 ) -> np.ndarray:
     """One ``segments`` input ``[1, n_mels, window]`` starting at frame ``start`` (a
-    ``band_norm`` median over the window's own frames, padding excluded)."""
-    x = normalize_db_np(db[:, start : start + window], top_db, band_norm=band_norm)
+    ``band_norm`` median or PCEN over the window's own frames, padding excluded; PCEN
+    needs ``frame_rate``)."""
+    x = normalize_db_np(
+        db[:, start : start + window], top_db, band_norm=band_norm, frame_rate=frame_rate
+    )
     return pad_frames(x, window)[None]

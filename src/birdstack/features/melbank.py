@@ -101,17 +101,83 @@ def band_median(db: np.ndarray) -> np.ndarray:
     return (lower + p[..., k : k + 1]) * np.asarray(0.5, dtype=db.dtype)
 
 
+# PCEN (Wang et al. 2017; Lostanlen et al. 2019) at librosa.pcen's defaults: smoothing
+# time constant (s), gain (alpha), bias (delta), power (r), eps; the magnitudes are
+# scaled by 2**31 first, as librosa advises for audio in [-1, 1].
+PCEN_TIME_CONSTANT_S = 0.4
+PCEN_GAIN = 0.98
+PCEN_BIAS = 2.0
+PCEN_POWER = 0.5
+PCEN_EPS = 1e-6
+PCEN_INPUT_SCALE = 2.0**31
+
+
+def pcen_smoothing(frame_rate: float, time_constant: float = PCEN_TIME_CONSTANT_S) -> float:
+    """The one-pole smoother's coefficient ``b`` for a time constant in seconds
+    (librosa.pcen's formula).
+
+    >>> round(pcen_smoothing(32000 / 512), 4)
+    0.0392
+    """
+    t = time_constant * frame_rate
+    return float((np.sqrt(1 + 4 * t**2) - 1) / (2 * t**2))
+
+
+def pcen_db(db: np.ndarray, frame_rate: float) -> np.ndarray:
+    """Per-channel energy normalisation of a dB mel spectrogram ``[..., n_mels, T]``.
+
+    Each band's magnitude ``E`` (``10**(db/20)``, scaled by :data:`PCEN_INPUT_SCALE`) is
+    divided by a slow moving average of itself ``M`` (time constant
+    :data:`PCEN_TIME_CONSTANT_S`) to the power :data:`PCEN_GAIN`, then compressed:
+    ``(E / (eps + M)**gain + bias)**power - bias**power`` (``librosa.pcen``). A band's
+    stationary level and the recorder's gain drop out and what rises above the band's
+    recent past remains: an adaptive version of the band median. The smoother starts
+    in its steady state at the band's median over the input, not at 0 or at the first
+    frame, so a window's first frames are not a transient. Returns the input's dtype;
+    values are ``>= 0``, 0 meaning "nothing above the background".
+
+    >>> db = np.full((2, 50), -40.0, dtype=np.float32)
+    >>> db[1, 20:25] = -10.0                       # a call in band 1
+    >>> x = pcen_db(db, 62.5)
+    >>> x.dtype, bool(np.ptp(x[0]) < 1e-6), bool(x[1, 20] > 5 * x[1, 5])
+    (dtype('float32'), True, True)
+    >>> louder = pcen_db(db + 20.0, 62.5)          # the same audio 20 dB louder
+    >>> bool(np.abs(louder / x - 1).max() < 0.05)  # moves the output by under 5 %
+    True
+    """
+    from scipy.signal import lfilter, lfilter_zi
+
+    b = pcen_smoothing(frame_rate)
+    e = np.power(10.0, db.astype(np.float64) / 20.0) * PCEN_INPUT_SCALE
+    start = np.power(10.0, band_median(db).astype(np.float64) / 20.0) * PCEN_INPUT_SCALE
+    zi = lfilter_zi([b], [1.0, b - 1.0]) * start  # [..., n_mels, 1]
+    m, _ = lfilter([b], [1.0, b - 1.0], e, axis=-1, zi=zi)
+    smooth = np.exp(-PCEN_GAIN * (np.log(PCEN_EPS) + np.log1p(m / PCEN_EPS)))
+    out = PCEN_BIAS**PCEN_POWER * np.expm1(PCEN_POWER * np.log1p(e * smooth / PCEN_BIAS))
+    return out.astype(db.dtype, copy=False)
+
+
 def normalize_db_np(
-    db: np.ndarray, top_db: float, batched: bool | None = None, band_norm: str = "none"
+    db: np.ndarray,
+    top_db: float,
+    batched: bool | None = None,
+    band_norm: str = "none",
+    frame_rate: float | None = None,
 ) -> np.ndarray:
     """NumPy twin of :func:`normalize_db` (keeps float32 inputs float32).
 
     ``band_norm="median"`` subtracts each mel band's median over the frames (the last
     axis) first (:class:`~birdstack.config.SpectrogramConfig`); only this twin has it,
-    as every model input is encoded in NumPy.
+    as every model input is encoded in NumPy. ``band_norm="pcen"`` returns
+    :func:`pcen_db` of the input instead (``top_db`` plays no part; ``frame_rate``,
+    spectrogram frames per second, is then needed).
     """
     if batched is None:
         batched = db.ndim == 4
+    if band_norm == "pcen":
+        if frame_rate is None:
+            raise ValueError("band_norm 'pcen' needs the frame rate")
+        return pcen_db(db, frame_rate)
     if band_norm == "median":
         db = db - band_median(db).astype(db.dtype, copy=False)
     elif band_norm != "none":

@@ -761,13 +761,16 @@ class Predictor:
 
             return pool_windows(frames)
         enc = pre.encoding
+        fps = 1.0 / pre.seconds_per_frame()
         if enc.kind == "stacked":
             assert enc.target_frames is not None
             return encode_stacked(
-                frames, enc.target_frames, enc.channels, top_db, self.spec.band_norm
+                frames, enc.target_frames, enc.channels, top_db, self.spec.band_norm, fps
             )
         w = pre.window_frames()
-        x = normalize_db_np(center_trim(frames, w), top_db, band_norm=self.spec.band_norm)
+        x = normalize_db_np(
+            center_trim(frames, w), top_db, band_norm=self.spec.band_norm, frame_rate=fps
+        )
         return pad_frames(x, w)[None]
 
     # ---------------------------------------------------------------- window rules
