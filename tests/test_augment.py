@@ -3,6 +3,7 @@ sampling (issue #12's training recipe), on the embedded demo data."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -476,3 +477,31 @@ def test_training_defaults_follow_the_front_end_and_keep_what_a_config_sets(tmp_
     # the module refuses a config whose defaults are still open
     with pytest.raises(ConfigError, match="resolve_training"):
         BirdClassifier(torch.nn.Linear(2, 2), OptimConfig(), ["a", "b"])
+
+
+def test_pcen_inputs_are_augmented_after_the_noise_and_validated_plain(
+    prepared, cache_dir, noise_dir
+):
+    """band_norm='pcen' through TrainAugment: noise is mixed in dB before PCEN, so
+    training inputs change; with no augmentation at all they are the plain PCEN inputs;
+    validation never changes; PCEN values are >= 0 and not clipped to [0, 1]."""
+    prep = prepared["segments"]
+    spec = dataclasses.replace(prep.preprocessing.spectrogram, band_norm="pcen")
+    prep = dataclasses.replace(
+        prep, preprocessing=dataclasses.replace(prep.preprocessing, spectrogram=spec)
+    )
+    plain = BirdDataModule(prep, val_fold=0, batch_size=4, seed=1)
+    none = BirdDataModule(prep, val_fold=0, batch_size=4, seed=1, augment=_augment(prep, cache_dir))
+    noisy = _augment(prep, cache_dir, **_keys("noise", noise_dir))
+    dm = BirdDataModule(prep, val_fold=0, batch_size=4, seed=1, augment=noisy)
+    changed = 0
+    for idx in range(6):
+        x0 = plain.train_set[(idx, 0)][0]
+        torch.testing.assert_close(none.train_set[(idx, 0)][0], x0, rtol=0, atol=0)
+        x = dm.train_set[(idx, 0)][0]
+        assert float(x.min()) >= 0 and x.shape == x0.shape
+        changed += not torch.equal(x, x0)
+    assert changed >= 5
+    assert max(float(plain.train_set[(i, 0)][0].max()) for i in range(6)) > 1  # not [0, 1]
+    for idx in range(len(dm.val_set)):
+        torch.testing.assert_close(dm.val_set[idx][0], plain.val_set[idx][0], rtol=0, atol=0)
