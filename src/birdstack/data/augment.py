@@ -164,6 +164,7 @@ class TrainAugment:
             raise ConfigError(f"augment.noise_dir={cfg.noise_dir}: no usable noise clips")
         self.cfg = cfg
         self.pre = preprocessing
+        self.frame_rate = 1.0 / preprocessing.seconds_per_frame()  # PCEN's smoother
         self.noise_files = [str(f) for f in noise_files]
         self._noise: dict[int, np.ndarray] = {}
 
@@ -206,8 +207,10 @@ class TrainAugment:
             assert enc.target_frames is not None
             length = enc.target_frames
             raw = center_trim(np.asarray(db), length)
-        band_norm, fps = self.pre.spectrogram.band_norm, 1.0 / self.pre.seconds_per_frame()
-        x = normalize_db_np(self.add_noise(raw, rng), top_db, band_norm=band_norm, frame_rate=fps)
+        band_norm = self.pre.spectrogram.band_norm
+        x = normalize_db_np(
+            self.add_noise(raw, rng), top_db, band_norm=band_norm, frame_rate=self.frame_rate
+        )
         x = self.augment_normalised(pad_frames(x, length), rng)
         if enc.kind == "segments":
             return x[None]
