@@ -164,7 +164,7 @@ class TrainAugment:
             raise ConfigError(f"augment.noise_dir={cfg.noise_dir}: no usable noise clips")
         self.cfg = cfg
         self.pre = preprocessing
-        self.frame_rate = 1.0 / preprocessing.seconds_per_frame()  # PCEN's smoother
+        self.frame_rate = preprocessing.frames_per_second()  # PCEN's smoother
         self.noise_files = [str(f) for f in noise_files]
         self._noise: dict[int, np.ndarray] = {}
 

@@ -137,7 +137,7 @@ class BirdDataset(Dataset):
         enc = preprocessing.encoding
         self.top_db = preprocessing.spectrogram.top_db
         self.band_norm = preprocessing.spectrogram.band_norm
-        self.frame_rate = 1.0 / preprocessing.seconds_per_frame()
+        self.frame_rate = preprocessing.frames_per_second()
         if random_crops is not None and enc.kind != "segments":
             raise ValueError("random_crops needs encoding.kind='segments'")
         self.random_crops = random_crops

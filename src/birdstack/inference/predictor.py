@@ -761,7 +761,7 @@ class Predictor:
 
             return pool_windows(frames)
         enc = pre.encoding
-        fps = 1.0 / pre.seconds_per_frame()
+        fps = pre.frames_per_second()
         if enc.kind == "stacked":
             assert enc.target_frames is not None
             return encode_stacked(
