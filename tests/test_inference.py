@@ -13,7 +13,8 @@ from birdstack.data.datamodule import BirdDataset
 from birdstack.features.audio import load_audio
 from birdstack.features.encoding import encode_stacked
 from birdstack.inference.export import read_onnx_metadata
-from birdstack.inference.predictor import FrameStitcher, Predictor, softmax
+from birdstack.inference.predictor import FrameStitcher, Predictor, TorchRunner, softmax
+from birdstack.models import create_model
 from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 from birdstack.training.module import pool_by_recording
 from test_inference_helpers import synthetic_song, write_wav
@@ -225,6 +226,32 @@ def test_onnx_export_is_self_describing_and_matches_torch(stacked, onnx_model, d
     np.testing.assert_allclose(
         softmax(ort_pred.logits(x)), softmax(stacked.logits(x)), rtol=0, atol=1e-4
     )
+
+
+def test_torch_runner_runs_channels_last_with_the_plain_networks_logits(stacked_run):
+    net, info = build_model_from_checkpoint(load_checkpoint(stacked_run.checkpoint))
+    plain, _ = build_model_from_checkpoint(load_checkpoint(stacked_run.checkpoint))
+    plain.eval()
+    x = np.random.default_rng(1).random((4, *info.preprocessing.input_shape()), np.float32)
+    with torch.inference_mode():
+        expected = plain(torch.from_numpy(x)).numpy()
+    runner = TorchRunner(net)
+
+    def channels_last(m: torch.nn.Module) -> list[bool]:
+        nhwc = torch.channels_last
+        return [
+            c.weight.is_contiguous(memory_format=nhwc)
+            for c in m.modules()
+            if isinstance(c, torch.nn.Conv2d)
+        ]
+
+    assert all(channels_last(runner.net)) and not all(channels_last(plain))
+    np.testing.assert_allclose(runner(x), expected, rtol=0, atol=1e-4)
+    # a head on embedding vectors (2-d inputs) runs as it is
+    head = create_model("birdnet_linear", num_classes=3, in_chans=7546).eval()
+    v = np.random.default_rng(2).random((5, 7546), np.float32)
+    with torch.inference_mode():
+        np.testing.assert_allclose(TorchRunner(head)(v), head(torch.from_numpy(v)).numpy())
 
 
 def test_onnx_default_batch_and_batching_does_not_change_scores(stacked, onnx_model, demo_dir):
