@@ -11,6 +11,7 @@ from birdstack.config import Config, ConfigError
 from birdstack.data.datamodule import BirdDataModule, EpochSeededSampler
 from birdstack.data.prepare import prepare
 from birdstack.features.encoding import encode_segment
+from birdstack.features.melbank import InputNorm
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,10 @@ def prepared_segments(demo_dir, cache_dir, tmp_path_factory):
     return prepare(cfg.data, cfg.preprocessing, out, progress=False)
 
 
-def _crop_start(db: np.ndarray, x: torch.Tensor, window: int, top_db: float) -> int:
+def _crop_start(db: np.ndarray, x: torch.Tensor, window: int, norm: InputNorm) -> int:
     """The start frame whose window encodes to ``x`` (the crop must be a real window)."""
     for s in range(max(1, db.shape[1] - window + 1)):
-        if np.array_equal(encode_segment(db, s, window, top_db), x.numpy()):
+        if np.array_equal(encode_segment(db, s, window, norm), x.numpy()):
             return s
     raise AssertionError("the crop is not a window of its recording")
 
@@ -41,14 +42,14 @@ def test_random_crops_are_real_windows_seeded_by_epoch(prepared_segments):
     assert len(val) > len(dm.val_records)
     assert set(val.item_recordings) == set(range(len(dm.val_records)))
 
-    window, top_db = train.window, train.top_db
+    window, norm = train.window, train.norm
     starts: dict[int, list[int]] = {}
     for epoch in (0, 1):
         for idx in range(6):
             x, y, rec = train[(idx, epoch)]
             assert x.shape == (1, 128, window)
             assert y == int(dm.train_records["label_idx"].iloc[rec])
-            starts.setdefault(idx, []).append(_crop_start(train._db(rec), x, window, top_db))
+            starts.setdefault(idx, []).append(_crop_start(train._db(rec), x, window, norm))
         # the same (index, epoch) draws the same crop again (a resumed run sees the same data)
         torch.testing.assert_close(train[(0, epoch)][0], train[(0, epoch)][0], rtol=0, atol=0)
     # the demo recordings are 10-30 s, so a new epoch moves the 5 s crops

@@ -14,6 +14,10 @@ from birdstack.features.encoding import (
     stack_channels,
     target_frames_rule,
 )
+from birdstack.features.melbank import InputNorm
+
+PLAIN = InputNorm(80.0)
+MEDIAN = InputNorm(80.0, "median")
 
 
 def test_target_rule_averages_class_means_not_recordings():
@@ -52,12 +56,12 @@ def test_stack_channels_keeps_time_order():
 def test_encode_stacked_normalises_and_pads():
     rng = np.random.default_rng(0)
     db = rng.normal(-40, 10, size=(16, 95)).astype(np.float32)
-    x = encode_stacked(db, target_frames=100, channels=10, top_db=80.0)
+    x = encode_stacked(db, target_frames=100, channels=10, norm=InputNorm(80.0))
     assert x.shape == (10, 16, 10)
     assert x.max() == pytest.approx(1.0) and x.min() >= 0.0
     assert np.all(x[-1, :, 5:] == 0.0)  # the 5 missing frames are padded with the floor
     long = rng.normal(-40, 10, size=(16, 300)).astype(np.float32)
-    y = encode_stacked(long, target_frames=100, channels=10, top_db=80.0)
+    y = encode_stacked(long, target_frames=100, channels=10, norm=InputNorm(80.0))
     centre = long[:, 100:200]
     expected = np.clip(centre - centre.max(), -80, None) / 80 + 1
     np.testing.assert_allclose(y.transpose(1, 0, 2).reshape(16, 100), expected, rtol=1e-6)
@@ -80,7 +84,7 @@ def test_segment_starts(n, window, hop, min_last, expected):
 
 def test_encode_segment_shape_and_padding():
     db = np.linspace(-80, 0, 16 * 50, dtype=np.float32).reshape(16, 50)
-    x = encode_segment(db, start=40, window=20, top_db=80.0)
+    x = encode_segment(db, start=40, window=20, norm=InputNorm(80.0))
     assert x.shape == (1, 16, 20)
     assert np.all(x[0, :, 10:] == 0) and x.max() == pytest.approx(1.0)
 
@@ -95,25 +99,27 @@ def test_band_median_removes_what_a_session_adds_to_every_frame():
     session[9] += 25  # hum in one band
     other = db + session
     for start, window in ((0, 120), (30, 60), (100, 60)):  # the last one is padded
-        a = encode_segment(db, start, window, 80.0, band_norm="median")
-        b = encode_segment(other, start, window, 80.0, band_norm="median")
+        a = encode_segment(db, start, window, MEDIAN)
+        b = encode_segment(other, start, window, MEDIAN)
         np.testing.assert_allclose(a, b, atol=1e-5)
-        plain = encode_segment(other, start, window, 80.0)
-        assert np.abs(plain - encode_segment(db, start, window, 80.0)).max() > 0.1
+        plain = encode_segment(other, start, window, PLAIN)
+        assert np.abs(plain - encode_segment(db, start, window, PLAIN)).max() > 0.1
     # the median is over the window's own frames, the padding is not counted
-    short = encode_segment(db, 100, 60, 80.0, band_norm="median")
+    short = encode_segment(db, 100, 60, MEDIAN)
     assert np.all(short[0, :, 20:] == 0)
     centred = db[:, 100:] - np.median(db[:, 100:], axis=-1, keepdims=True)
-    np.testing.assert_allclose(short[0, :, :20], encode_segment(centred, 0, 20, 80.0)[0], atol=1e-6)
+    np.testing.assert_allclose(
+        short[0, :, :20], encode_segment(centred, 0, 20, PLAIN)[0], atol=1e-6
+    )
     # the call is what remains at the top
-    x = encode_segment(db, 0, 120, 80.0, band_norm="median")[0]
+    x = encode_segment(db, 0, 120, MEDIAN)[0]
     assert np.unravel_index(np.argmax(x), x.shape)[0] == 5
     # stacked: one median per band over the whole (trimmed) recording
-    a = encode_stacked(db, 100, 10, 80.0, band_norm="median")
-    b = encode_stacked(other, 100, 10, 80.0, band_norm="median")
+    a = encode_stacked(db, 100, 10, MEDIAN)
+    b = encode_stacked(other, 100, 10, MEDIAN)
     np.testing.assert_allclose(a, b, atol=1e-5)
     with pytest.raises(ValueError, match="band_norm"):
-        encode_segment(db, 0, 60, 80.0, band_norm="mean")
+        InputNorm(80.0, "mean")
 
 
 @pytest.mark.parametrize("frames", [1, 2, 311, 312, 313])
@@ -152,28 +158,32 @@ def test_pcen_is_librosas_and_cancels_gain_and_stationary_background():
     b = pcen_smoothing(fps)
     zi = lfilter_zi([b], [1, b - 1]) * np.power(10.0, band_median(db) / 20.0) * PCEN_INPUT_SCALE
     ref = librosa.pcen(mag, sr=32000, hop_length=512, zi=zi)
-    x = encode_segment(db, 0, 200, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    pcen = InputNorm(80.0, "pcen", frame_rate=fps)
+    x = encode_segment(db, 0, 200, pcen)[0]
     np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
     assert np.unravel_index(np.argmax(x), x.shape)[0] == 5  # the call stands out
     # 20 dB louder: the inputs move by under 5 % (gain 0.98: 10 ** (20 / 20 * 0.02) - 1)
     louder = db + 20.0
-    y = encode_segment(louder, 0, 200, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    y = encode_segment(louder, 0, 200, pcen)[0]
     assert np.abs(y / x - 1).max() < 0.05
     # ... and 36 dB more of stationary hum in band 9: under 15 % there; the dB scaling
     # makes the hum the loudest thing in the window
     louder[9] += 36.0
-    y = encode_segment(louder, 0, 200, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    y = encode_segment(louder, 0, 200, pcen)[0]
     assert np.abs(y / x - 1).max() < 0.15
     assert np.unravel_index(np.argmax(y), y.shape)[0] == 5
-    plain = encode_segment(louder, 0, 200, 80.0)[0]
+    plain = encode_segment(louder, 0, 200, PLAIN)[0]
     assert np.unravel_index(np.argmax(plain), plain.shape)[0] == 9
     # padding stays 0 ("nothing above the background"), the window's frames only
-    short = encode_segment(db, 180, 60, 80.0, band_norm="pcen", frame_rate=fps)[0]
+    short = encode_segment(db, 180, 60, pcen)[0]
     assert np.all(short[:, 20:] == 0)
     np.testing.assert_allclose(
-        short[:, :20], normalize_db_np(db[:, 180:], 80.0, band_norm="pcen", frame_rate=fps)
+        short[:, :20],
+        normalize_db_np(db[:, 180:], 80.0, band_norm="pcen", frame_rate=fps),
     )
-    stacked = encode_stacked(db, 200, 10, 80.0, band_norm="pcen", frame_rate=fps)
+    stacked = encode_stacked(db, 200, 10, pcen)
     np.testing.assert_allclose(stacked[8], x[:, 160:180], rtol=1e-6)  # channel 8 = frames 160-179
     with pytest.raises(ValueError, match="frame rate"):
-        encode_segment(db, 0, 60, 80.0, band_norm="pcen")
+        InputNorm(80.0, "pcen")
+    with pytest.raises(ValueError, match="frame rate"):
+        normalize_db_np(db, 80.0, band_norm="pcen")

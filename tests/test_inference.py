@@ -12,6 +12,7 @@ import torch
 from birdstack.data.datamodule import BirdDataset
 from birdstack.features.audio import load_audio
 from birdstack.features.encoding import encode_stacked
+from birdstack.features.melbank import InputNorm
 from birdstack.inference.export import read_onnx_metadata
 from birdstack.inference.predictor import FrameStitcher, Predictor, TorchRunner, softmax
 from birdstack.models import create_model
@@ -108,18 +109,23 @@ def test_stacked_recording_rule_is_the_training_encoding(stacked, stacked_run):
     db = np.load(_kept(stacked_run).iloc[0]["cache_file"])
     short = db[:, : t - 37]  # shorter than the target: padded at the end, scored once
     np.testing.assert_allclose(
-        stacked.recording_probs(short), direct([encode_stacked(short, t, c, top)])[0], atol=1e-6
+        stacked.recording_probs(short),
+        direct([encode_stacked(short, t, c, InputNorm(top))])[0],
+        atol=1e-6,
     )
     long = np.concatenate([db, db[:, ::-1], db], axis=1)[:, : 2 * t + t // 3]
     # longer than the target: trimmed from both ends, exactly as BirdDataset encodes it
-    expected = direct([encode_stacked(long, t, c, top)])[0]
+    expected = direct([encode_stacked(long, t, c, InputNorm(top))])[0]
     np.testing.assert_allclose(stacked.recording_probs(long), expected, atol=1e-6)
     ds = BirdDataset(_kept(stacked_run).iloc[:1], pre)
     np.testing.assert_allclose(
         stacked.recording_probs(db), direct([ds[0][0].numpy()])[0], atol=1e-6
     )
     # negative control: the first target-long window is a different input
-    assert np.abs(direct([encode_stacked(long[:, :t], t, c, top)])[0] - expected).max() > 1e-4
+    assert (
+        np.abs(direct([encode_stacked(long[:, :t], t, c, InputNorm(top))])[0] - expected).max()
+        > 1e-4
+    )
 
 
 def test_window_probs_default_is_the_model_span_without_overlap(stacked):

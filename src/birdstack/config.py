@@ -298,6 +298,17 @@ class Preprocessing:
         """
         return 1.0 / self.seconds_per_frame()
 
+    def input_norm(self) -> Any:
+        """The :class:`~birdstack.features.melbank.InputNorm` of every log-mel model input.
+
+        >>> Preprocessing().input_norm()
+        InputNorm(top_db=80.0, band_norm='none', frame_rate=62.5)
+        """
+        from birdstack.features.melbank import InputNorm
+
+        spec = self.spectrogram
+        return InputNorm(spec.top_db, spec.band_norm, self.frames_per_second())
+
     def window_frames(self) -> int:
         """Frames in one ``segments`` window (one BirdNET window with ``frontend=birdnet``)."""
         if self.is_birdnet:

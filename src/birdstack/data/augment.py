@@ -43,7 +43,6 @@ import torch
 
 from birdstack.config import AugmentConfig, ConfigError, Preprocessing
 from birdstack.features.encoding import center_trim, pad_frames, stack_channels
-from birdstack.features.melbank import normalize_db_np
 from birdstack.utils import get_logger
 
 log = get_logger("augment")
@@ -164,7 +163,7 @@ class TrainAugment:
             raise ConfigError(f"augment.noise_dir={cfg.noise_dir}: no usable noise clips")
         self.cfg = cfg
         self.pre = preprocessing
-        self.frame_rate = preprocessing.frames_per_second()  # PCEN's smoother
+        self.norm = preprocessing.input_norm()
         self.noise_files = [str(f) for f in noise_files]
         self._noise: dict[int, np.ndarray] = {}
 
@@ -199,7 +198,7 @@ class TrainAugment:
     def encode(self, db: np.ndarray, start: int, rng: np.random.Generator) -> np.ndarray:
         """The augmented model input of one item: a ``segments`` window at ``start``, or
         the ``stacked`` input of the whole recording."""
-        enc, top_db = self.pre.encoding, self.pre.spectrogram.top_db
+        enc = self.pre.encoding
         if enc.kind == "segments":
             length = self.pre.window_frames()
             raw = np.asarray(db[:, start : start + length])
@@ -207,10 +206,7 @@ class TrainAugment:
             assert enc.target_frames is not None
             length = enc.target_frames
             raw = center_trim(np.asarray(db), length)
-        band_norm = self.pre.spectrogram.band_norm
-        x = normalize_db_np(
-            self.add_noise(raw, rng), top_db, band_norm=band_norm, frame_rate=self.frame_rate
-        )
+        x = self.norm(self.add_noise(raw, rng))
         x = self.augment_normalised(pad_frames(x, length), rng)
         if enc.kind == "segments":
             return x[None]

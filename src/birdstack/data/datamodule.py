@@ -135,9 +135,7 @@ class BirdDataset(Dataset):
         self.labels = self.records["label_idx"].astype(int).to_numpy()
         self.frames = self.records["frames"].astype(int).to_numpy()
         enc = preprocessing.encoding
-        self.top_db = preprocessing.spectrogram.top_db
-        self.band_norm = preprocessing.spectrogram.band_norm
-        self.frame_rate = preprocessing.frames_per_second()
+        self.norm = preprocessing.input_norm()
         if random_crops is not None and enc.kind != "segments":
             raise ValueError("random_crops needs encoding.kind='segments'")
         self.random_crops = random_crops
@@ -231,17 +229,10 @@ class BirdDataset(Dataset):
             )
             x = self.augment.encode(db, start, rng)
         elif enc.kind == "segments":
-            x = encode_segment(db, start, self.window, self.top_db, self.band_norm, self.frame_rate)
+            x = encode_segment(db, start, self.window, self.norm)
         else:
             assert enc.target_frames is not None
-            x = encode_stacked(
-                np.asarray(db),
-                enc.target_frames,
-                enc.channels,
-                self.top_db,
-                self.band_norm,
-                self.frame_rate,
-            )
+            x = encode_stacked(np.asarray(db), enc.target_frames, enc.channels, self.norm)
         x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         y: Any = int(self.labels[i])
         if self.targets is not None:

@@ -2,14 +2,14 @@
 
 Both start from one log-mel spectrogram in dB, ``[n_mels, frames]``, as cached by
 :class:`birdstack.features.cache.FeatureCache`, and normalise each model input on
-its own (:func:`birdstack.features.mel.normalize_db_np`: max -> 1, ``-top_db``
+its own (:class:`birdstack.features.melbank.InputNorm`: max -> 1, ``-top_db``
 below it -> 0). Padding, where the rules allow it, uses 0 (the floor).
 
 ``stacked`` (the study's)::
 
     >>> import numpy as np
     >>> db = np.random.default_rng(0).normal(size=(128, 3007)).astype("float32")
-    >>> x = encode_stacked(db, target_frames=3000, channels=10, top_db=80.0)
+    >>> x = encode_stacked(db, target_frames=3000, channels=10, norm=InputNorm(top_db=80.0))
     >>> x.shape
     (10, 128, 300)
 
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from birdstack.config import ConfigError
-from birdstack.features.melbank import normalize_db_np
+from birdstack.features.melbank import InputNorm
 
 
 def target_frames_rule(
@@ -83,22 +83,15 @@ def stack_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def encode_stacked(
-    db: np.ndarray,
-    target_frames: int,
-    channels: int,
-    top_db: float,
-    band_norm: str = "none",
-    frame_rate: float | None = None,
+    db: np.ndarray, target_frames: int, channels: int, norm: InputNorm
 ) -> np.ndarray:
     """One whole-recording input ``[channels, n_mels, target_frames // channels]``.
 
     Longer spectrograms are trimmed from both ends, shorter ones padded at the end
-    (whether a short recording may be used at all is the caller's rule); a
-    ``band_norm`` median (or PCEN, which needs ``frame_rate``) is taken over the whole
-    trimmed recording.
+    (whether a short recording may be used at all is the caller's rule); ``norm``
+    (a band median or PCEN too) is taken over the whole trimmed recording.
     """
-    x = center_trim(db, target_frames)
-    x = normalize_db_np(x, top_db, band_norm=band_norm, frame_rate=frame_rate)
+    x = norm(center_trim(db, target_frames))
     x = pad_frames(x, target_frames)
     return stack_channels(x, channels)
 
@@ -120,18 +113,8 @@ def segment_starts(n_frames: int, window: int, hop: int, min_last: float) -> lis
     return starts
 
 
-def encode_segment(
-    db: np.ndarray,
-    start: int,
-    window: int,
-    top_db: float,
-    band_norm: str = "none",
-    frame_rate: float | None = None,
-) -> np.ndarray:
-    """One ``segments`` input ``[1, n_mels, window]`` starting at frame ``start`` (a
-    ``band_norm`` median or PCEN over the window's own frames, padding excluded; PCEN
-    needs ``frame_rate``)."""
-    x = normalize_db_np(
-        db[:, start : start + window], top_db, band_norm=band_norm, frame_rate=frame_rate
-    )
-    return pad_frames(x, window)[None]
+def encode_segment(db: np.ndarray, start: int, window: int, norm: InputNorm) -> np.ndarray:
+    """One ``segments`` input ``[1, n_mels, window]`` starting at frame ``start``
+    (``norm``, a band median or PCEN too, over the window's own frames, padding
+    excluded)."""
+    return pad_frames(norm(db[:, start : start + window]), window)[None]

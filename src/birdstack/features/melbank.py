@@ -15,9 +15,11 @@ MB of resident memory, most of a predict run's peak)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from birdstack.config import SpectrogramConfig
+from birdstack.config import BAND_NORMS, SpectrogramConfig
 
 # Frames transformed at a time: the frames, their FFT and power stay in cache.
 CHUNK_FRAMES = 128
@@ -186,6 +188,43 @@ def normalize_db_np(
     peak = db.max(axis=axes, keepdims=True) if batched else db.max()
     out = np.maximum(db - peak, -top_db) / np.asarray(top_db, dtype=db.dtype) + 1
     return out.astype(db.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class InputNorm:
+    """How every model input's dB values are normalised: one value object for the three
+    settings that travel together (``Preprocessing.input_norm()`` builds it from the
+    checkpoint's preprocessing; training, augmentation, ``evaluate`` and ``predict`` all
+    call it).
+
+    ``top_db``: the range kept below the input's maximum; ``band_norm``: ``none``,
+    ``median`` (each band's median subtracted first) or ``pcen`` (:func:`pcen_db`);
+    ``frame_rate``: spectrogram frames per second, which PCEN's smoother needs.
+
+    >>> import numpy as np
+    >>> norm = InputNorm(top_db=80.0, band_norm="median")
+    >>> x = norm(np.random.default_rng(0).normal(-40, 10, (4, 50)).astype("float32"))
+    >>> x.dtype, float(x.max())
+    (dtype('float32'), 1.0)
+    >>> InputNorm(band_norm="pcen")
+    Traceback (most recent call last):
+    ...
+    ValueError: band_norm 'pcen' needs the frame rate
+    """
+
+    top_db: float = 80.0
+    band_norm: str = "none"
+    frame_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.band_norm not in BAND_NORMS:
+            raise ValueError(f"unknown band_norm {self.band_norm!r}")
+        if self.band_norm == "pcen" and self.frame_rate is None:
+            raise ValueError("band_norm 'pcen' needs the frame rate")
+
+    def __call__(self, db: np.ndarray, batched: bool | None = None) -> np.ndarray:
+        """The normalised input (:func:`normalize_db_np` with these settings)."""
+        return normalize_db_np(db, self.top_db, batched, self.band_norm, self.frame_rate)
 
 
 # --------------------------------------------------------------------------- NumPy log-mel

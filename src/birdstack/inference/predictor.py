@@ -52,7 +52,7 @@ import numpy as np
 
 from birdstack.config import Preprocessing
 from birdstack.features.encoding import center_trim, encode_stacked, pad_frames
-from birdstack.features.melbank import NumpyLogMel, fft_dtype_for, normalize_db_np
+from birdstack.features.melbank import NumpyLogMel, fft_dtype_for
 from birdstack.inference.windows import (
     CenterRule,
     SegmentRule,
@@ -565,6 +565,7 @@ class Predictor:
         self.sample_rate = preprocessing.audio.sample_rate
         self.spec = preprocessing.spectrogram
         self.seconds_per_frame = preprocessing.seconds_per_frame()
+        self.norm = preprocessing.input_norm()  # every log-mel model input, as in training
         # the log-mel front end: torch's LogMel (the feature cache's own) with the torch
         # runtime; with ONNX Runtime its NumPy twin, so an ONNX predictor never imports
         # torch (about 670 MB of resident memory). Both run the FFT in the cache's
@@ -762,23 +763,16 @@ class Predictor:
         model's window, ``[1, n_mels, window]`` (= :func:`encode_segment` for its window).
         """
         pre = self.preprocessing
-        top_db = self.spec.top_db
         if pre.is_birdnet:  # BirdNET windows pooled (one window pools to itself)
             from birdstack.features.birdnet import pool_windows
 
             return pool_windows(frames)
         enc = pre.encoding
-        fps = pre.frames_per_second()
         if enc.kind == "stacked":
             assert enc.target_frames is not None
-            return encode_stacked(
-                frames, enc.target_frames, enc.channels, top_db, self.spec.band_norm, fps
-            )
+            return encode_stacked(frames, enc.target_frames, enc.channels, self.norm)
         w = pre.window_frames()
-        x = normalize_db_np(
-            center_trim(frames, w), top_db, band_norm=self.spec.band_norm, frame_rate=fps
-        )
-        return pad_frames(x, w)[None]
+        return pad_frames(self.norm(center_trim(frames, w)), w)[None]
 
     # ---------------------------------------------------------------- window rules
     def recording_rule(self) -> tuple[WindowRule, int]:
