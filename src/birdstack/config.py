@@ -21,9 +21,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from birdstack.features.melbank import InputNorm
 
 
 class ConfigError(ValueError):
@@ -298,7 +301,7 @@ class Preprocessing:
         """
         return 1.0 / self.seconds_per_frame()
 
-    def input_norm(self) -> Any:
+    def input_norm(self) -> InputNorm:
         """The :class:`~birdstack.features.melbank.InputNorm` of every log-mel model input.
 
         >>> Preprocessing().input_norm()
