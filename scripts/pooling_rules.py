@@ -50,7 +50,7 @@ def score_run(run: Path, data: str, checkpoint: str, cache_dir: str | None) -> p
     rows, _ = select_recordings(data, classes, manifest, "val")
     enc = pred.preprocessing.encoding
     windows, overlapping, labels = [], [], []
-    excluded: dict[str, int] = {}
+    excluded = {"unreadable_audio": 0}  # counted by cached_features
     paths = [Path(p) for p in rows["path"]]
     for i, db in cached_features(paths, pred.preprocessing, cache_dir, False, excluded):
         res = pred.score_frames([db], window_s=enc.window_s, hop_s=enc.hop_s, cover_end=False)

@@ -291,16 +291,6 @@ class Preprocessing:
             return self.birdnet.hop_s
         return self.spectrogram.hop_length / self.audio.sample_rate
 
-    def frames_per_second(self) -> float:
-        """Feature frames per second (the frame rate PCEN's smoother is set by).
-
-        >>> Preprocessing().frames_per_second()        # 32 kHz audio, hop 512
-        62.5
-        >>> round(Preprocessing(frontend="birdnet").frames_per_second(), 4)  # 3 s hop
-        0.3333
-        """
-        return 1.0 / self.seconds_per_frame()
-
     def input_norm(self) -> InputNorm:
         """The :class:`~birdstack.features.melbank.InputNorm` of every log-mel model input.
 
@@ -310,7 +300,9 @@ class Preprocessing:
         from birdstack.features.melbank import InputNorm
 
         spec = self.spectrogram
-        return InputNorm(spec.top_db, spec.band_norm, self.frames_per_second())
+        return InputNorm(
+            spec.top_db, spec.band_norm, spec.frames_per_second(self.audio.sample_rate)
+        )
 
     def window_frames(self) -> int:
         """Frames in one ``segments`` window (one BirdNET window with ``frontend=birdnet``)."""
