@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from birdstack.config import Preprocessing
-from birdstack.features.encoding import center_trim, encode_stacked, pad_frames
+from birdstack.features.encoding import center_trim, encode_segment, encode_stacked
 from birdstack.features.melbank import NumpyLogMel, fft_dtype_for
 from birdstack.inference.windows import (
     CenterRule,
@@ -772,7 +772,7 @@ class Predictor:
             assert enc.target_frames is not None
             return encode_stacked(frames, enc.target_frames, enc.channels, self.norm)
         w = pre.window_frames()
-        return pad_frames(self.norm(center_trim(frames, w)), w)[None]
+        return encode_segment(center_trim(frames, w), 0, w, self.norm)
 
     # ---------------------------------------------------------------- window rules
     def recording_rule(self) -> tuple[WindowRule, int]:
