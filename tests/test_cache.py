@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from birdstack.config import AudioConfig, SpectrogramConfig
+from birdstack.config import AudioConfig, PcenConfig, SpectrogramConfig
 from birdstack.features.audio import load_audio
 from birdstack.features.cache import FeatureCache
 from birdstack.features.mel import compute_logmel, torch_fft_dtype_for
@@ -117,6 +117,7 @@ def test_settings_select_the_folder(tmp_path: Path) -> None:
     assert cache_at(tmp_path, top_db=60.0).dir == base.dir  # normalisation: not in the key
     assert cache_at(tmp_path, band_norm="median").dir == base.dir
     assert cache_at(tmp_path, band_norm="pcen").dir == base.dir
+    assert cache_at(tmp_path, band_norm="pcen", pcen=PcenConfig(time_constant=0.06)).dir == base.dir
     # ... but the FFT precision it implies is: 160 dB of power range needs float64
     assert cache_at(tmp_path, top_db=160.0).dir != base.dir
     assert cache_at(tmp_path, n_mels=64).dir != base.dir

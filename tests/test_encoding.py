@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from birdstack.config import ConfigError, EncodingConfig
+from birdstack.config import ConfigError, EncodingConfig, PcenConfig
 from birdstack.features.encoding import (
     center_trim,
     encode_segment,
@@ -183,6 +183,16 @@ def test_pcen_is_librosas_and_cancels_gain_and_stationary_background():
     )
     stacked = encode_stacked(db, 200, 10, pcen)
     np.testing.assert_allclose(stacked[8], x[:, 160:180], rtol=1e-6)  # channel 8 = frames 160-179
+    # other settings (a 60 ms smoother, gain 0.8, bias 10, power 0.25) are librosa's too
+    birds = PcenConfig(time_constant=0.06, gain=0.8, bias=10.0, power=0.25)
+    b = pcen_smoothing(fps, birds.time_constant)
+    zi = lfilter_zi([b], [1, b - 1]) * np.power(10.0, band_median(db) / 20.0) * PCEN_INPUT_SCALE
+    ref = librosa.pcen(
+        mag, sr=32000, hop_length=512, zi=zi, time_constant=0.06, gain=0.8, bias=10.0, power=0.25
+    )
+    other = encode_segment(db, 0, 200, InputNorm(80.0, "pcen", fps, birds))[0]
+    np.testing.assert_allclose(other, ref, rtol=1e-5, atol=1e-6)
+    assert np.abs(other - x).max() > 0.1  # not the default settings
     with pytest.raises(ValueError, match="frame rate"):
         InputNorm(80.0, "pcen")
     with pytest.raises(ValueError, match="frame rate"):

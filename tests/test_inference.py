@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from birdstack.config import PcenConfig
 from birdstack.data.datamodule import BirdDataset
 from birdstack.features.audio import load_audio
 from birdstack.features.encoding import encode_stacked
@@ -75,13 +76,16 @@ def test_segments_recording_probs_equal_validation_pooling(segments, segments_ru
     assert np.abs(first.numpy() - ours).max() > 1e-4
 
 
-@pytest.mark.parametrize("band_norm", ["median", "pcen"])
-def test_band_norm_is_applied_by_predict_as_in_training(segments, segments_run, band_norm):
-    """spectrogram.band_norm travels with the preprocessing: the predictor's inputs are
-    the dataset's, window for window, and not the plain ones."""
+@pytest.mark.parametrize(
+    "band_norm, pcen",
+    [("median", PcenConfig()), ("pcen", PcenConfig()), ("pcen", PcenConfig(0.06, 0.8, 10.0, 0.25))],
+)
+def test_band_norm_is_applied_by_predict_as_in_training(segments, segments_run, band_norm, pcen):
+    """spectrogram.band_norm (and PCEN's settings) travel with the preprocessing: the
+    predictor's inputs are the dataset's, window for window, and not the plain ones."""
     pre = segments.preprocessing
     median = dataclasses.replace(
-        pre, spectrogram=dataclasses.replace(pre.spectrogram, band_norm=band_norm)
+        pre, spectrogram=dataclasses.replace(pre.spectrogram, band_norm=band_norm, pcen=pcen)
     )
     pred = Predictor(segments.runner, segments.classes, median, threads=1)
     val = _kept(segments_run)

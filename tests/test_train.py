@@ -253,6 +253,27 @@ def test_unknown_model_and_optimizer_fail_before_work(demo_dir, cache_dir, tmp_p
     assert not (tmp_path / "m" / "data").exists()  # failed before preparing anything
     with pytest.raises(ConfigError, match="band_norm='mean': choose one of none, median, pcen"):
         _cfg(demo_dir, cache_dir, tmp_path / "b", **{"preprocessing.spectrogram.band_norm": "mean"})
+    with pytest.raises(ConfigError, match=r"spectrogram.pcen.gain=-1.0 must be >= 0"):
+        _cfg(demo_dir, cache_dir, tmp_path / "b", **{"preprocessing.spectrogram.pcen.gain": -1})
+
+
+def test_pcen_settings_come_from_the_config_and_old_checkpoints_keep_the_defaults(
+    demo_dir, cache_dir, tmp_path
+):
+    """PCEN's settings are config keys that reach every input's normalisation and travel
+    in the preprocessing (its dict round trip); a checkpoint's preprocessing written before
+    they existed loads with librosa's defaults."""
+    from birdstack.config import PcenConfig, Preprocessing, from_dict, to_dict
+
+    over = {"preprocessing.spectrogram.band_norm": "pcen"}
+    over["preprocessing.spectrogram.pcen.time_constant"] = "0.06"
+    pre = _cfg(demo_dir, cache_dir, tmp_path / "p", **over).preprocessing
+    assert pre.spectrogram.pcen == PcenConfig(time_constant=0.06)
+    assert pre.input_norm().pcen.time_constant == 0.06
+    assert from_dict(Preprocessing, to_dict(pre)) == pre
+    old = to_dict(Preprocessing())
+    del old["spectrogram"]["pcen"]
+    assert from_dict(Preprocessing, old).spectrogram.pcen == PcenConfig()
 
 
 def test_resume_with_a_different_class_list_is_refused(demo_dir, cache_dir, tmp_path):

@@ -51,6 +51,38 @@ BAND_NORMS = ("none", "median", "pcen")
 
 
 @dataclass(frozen=True)
+class PcenConfig:
+    """Per-channel energy normalisation settings (``spectrogram.band_norm="pcen"``),
+    with ``librosa.pcen``'s names and defaults.
+
+    ``time_constant``: seconds of the smoother that estimates each band's background;
+    ``gain`` (alpha): how much of that background divides the band (1: all of it);
+    ``bias`` (delta) and ``power`` (r): the compression ``(E / M**gain + bias)**power -
+    bias**power``. librosa's defaults come from speech (Wang et al. 2017); Lostanlen et al.
+    2019 tie the time constant to the background's time scale in outdoor recordings, so
+    these are options, e.g. ``--set preprocessing.spectrogram.pcen.time_constant=0.06``.
+    They change model inputs, not the cached features, and travel in the checkpoint.
+
+    >>> PcenConfig(time_constant=0.0)
+    Traceback (most recent call last):
+    ...
+    birdstack.config.ConfigError: spectrogram.pcen.time_constant=0.0 must be positive
+    """
+
+    time_constant: float = 0.4
+    gain: float = 0.98
+    bias: float = 2.0
+    power: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("time_constant", "bias", "power"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"spectrogram.pcen.{name}={getattr(self, name)} must be positive")
+        if not self.gain >= 0:
+            raise ConfigError(f"spectrogram.pcen.gain={self.gain} must be >= 0")
+
+
+@dataclass(frozen=True)
 class SpectrogramConfig:
     """Log-mel spectrogram settings (librosa conventions: Slaney mel scale and norm).
 
@@ -65,11 +97,12 @@ class SpectrogramConfig:
     median clipping). ``band_norm="pcen"`` replaces the dB scaling with per-channel
     energy normalisation (:func:`birdstack.features.melbank.pcen_db`, librosa.pcen's
     defaults: each band divided by its own slow moving average, 0.4 s, then
-    compressed), the adaptive form of the same idea (Lostanlen et al. 2019); ``top_db``
-    then plays no part. Both change model inputs, not the cached features. (The cache's
-    float32 FFT is chosen for ``top_db``: exact to 0.0015 dB within 80 dB of an input's
-    maximum; PCEN also reads the bands below that, with larger rounding there, the same
-    in training and in ``predict``.)
+    compressed; settings in ``pcen``, :class:`PcenConfig`), the adaptive form of the
+    same idea (Lostanlen et al. 2019); ``top_db`` then plays no part. Both change model
+    inputs, not the cached features. (The cache's float32 FFT is chosen for
+    ``top_db``: exact to 0.0015 dB within 80 dB of an input's maximum; PCEN also reads
+    the bands below that, with larger rounding there, the same in training and in
+    ``predict``.)
     """
 
     n_fft: int = 2048
@@ -81,6 +114,7 @@ class SpectrogramConfig:
     top_db: float = 80.0
     amin: float = 1e-10
     band_norm: str = "none"
+    pcen: PcenConfig = field(default_factory=PcenConfig)
 
     def __post_init__(self) -> None:
         if self.band_norm not in BAND_NORMS:
@@ -294,14 +328,15 @@ class Preprocessing:
     def input_norm(self) -> InputNorm:
         """The :class:`~birdstack.features.melbank.InputNorm` of every log-mel model input.
 
-        >>> Preprocessing().input_norm()
-        InputNorm(top_db=80.0, band_norm='none', frame_rate=62.5)
+        >>> norm = Preprocessing().input_norm()
+        >>> norm.top_db, norm.band_norm, norm.frame_rate, norm.pcen.time_constant
+        (80.0, 'none', 62.5, 0.4)
         """
         from birdstack.features.melbank import InputNorm
 
         spec = self.spectrogram
         return InputNorm(
-            spec.top_db, spec.band_norm, spec.frames_per_second(self.audio.sample_rate)
+            spec.top_db, spec.band_norm, spec.frames_per_second(self.audio.sample_rate), spec.pcen
         )
 
     def window_frames(self) -> int:

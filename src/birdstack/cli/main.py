@@ -151,7 +151,8 @@ DATA_OPTS = [
         "preprocessing.spectrogram.band_norm",
         str,
         "none | median: subtract each mel band's median over the input's frames | pcen: "
-        "per-channel energy normalisation (librosa.pcen's defaults) (none)",
+        "per-channel energy normalisation (librosa.pcen's defaults; set "
+        "preprocessing.spectrogram.pcen.time_constant, gain, bias, power with --set) (none)",
     ),
     Opt(
         "--frontend",

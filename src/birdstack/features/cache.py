@@ -68,7 +68,7 @@ from birdstack.utils import (
 # Bump when the way features are computed changes: old entries are then ignored.
 FEATURE_VERSION = 1
 # Spectrogram settings that do not change the cached dB values (they act per model input).
-_NOT_IN_KEY = frozenset({"top_db", "band_norm"})
+_NOT_IN_KEY = frozenset({"top_db", "band_norm", "pcen"})
 # Files longer than this are decoded and transformed block by block (bounded memory).
 STREAM_ABOVE_S = 600.0
 

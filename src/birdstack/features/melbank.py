@@ -15,11 +15,11 @@ MB of resident memory, most of a predict run's peak)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from birdstack.config import BAND_NORMS, SpectrogramConfig
+from birdstack.config import BAND_NORMS, PcenConfig, SpectrogramConfig
 
 # Frames transformed at a time: the frames, their FFT and power stay in cache.
 CHUNK_FRAMES = 128
@@ -103,18 +103,14 @@ def band_median(db: np.ndarray) -> np.ndarray:
     return (lower + p[..., k : k + 1]) * np.asarray(0.5, dtype=db.dtype)
 
 
-# PCEN (Wang et al. 2017; Lostanlen et al. 2019) at librosa.pcen's defaults: smoothing
-# time constant (s), gain (alpha), bias (delta), power (r), eps; the magnitudes are
-# scaled by 2**31 first, as librosa advises for audio in [-1, 1].
-PCEN_TIME_CONSTANT_S = 0.4
-PCEN_GAIN = 0.98
-PCEN_BIAS = 2.0
-PCEN_POWER = 0.5
+# PCEN (Wang et al. 2017; Lostanlen et al. 2019): the settings are a PcenConfig
+# (librosa.pcen's defaults); eps is librosa's, and the magnitudes are scaled by 2**31
+# first, as librosa advises for audio in [-1, 1].
 PCEN_EPS = 1e-6
 PCEN_INPUT_SCALE = 2.0**31
 
 
-def pcen_smoothing(frame_rate: float, time_constant: float = PCEN_TIME_CONSTANT_S) -> float:
+def pcen_smoothing(frame_rate: float, time_constant: float = PcenConfig.time_constant) -> float:
     """The one-pole smoother's coefficient ``b`` for a time constant in seconds
     (librosa.pcen's formula).
 
@@ -125,13 +121,14 @@ def pcen_smoothing(frame_rate: float, time_constant: float = PCEN_TIME_CONSTANT_
     return float((np.sqrt(1 + 4 * t**2) - 1) / (2 * t**2))
 
 
-def pcen_db(db: np.ndarray, frame_rate: float) -> np.ndarray:
+def pcen_db(db: np.ndarray, frame_rate: float, pcen: PcenConfig | None = None) -> np.ndarray:
     """Per-channel energy normalisation of a dB mel spectrogram ``[..., n_mels, T]``.
 
     Each band's magnitude ``E`` (``10**(db/20)``, scaled by :data:`PCEN_INPUT_SCALE`) is
-    divided by a slow moving average of itself ``M`` (time constant
-    :data:`PCEN_TIME_CONSTANT_S`) to the power :data:`PCEN_GAIN`, then compressed:
-    ``(E / (eps + M)**gain + bias)**power - bias**power`` (``librosa.pcen``). A band's
+    divided by a slow moving average of itself ``M`` (``pcen.time_constant`` seconds) to
+    the power ``pcen.gain``, then compressed: ``(E / (eps + M)**gain + bias)**power -
+    bias**power`` (``librosa.pcen``; ``pcen``: a :class:`~birdstack.config.PcenConfig`,
+    librosa's defaults when ``None``). A band's
     stationary level and the recorder's gain drop out and what rises above the band's
     recent past remains: an adaptive version of the band median. The smoother starts
     in its steady state at the band's median over the input, not at 0 or at the first
@@ -149,13 +146,14 @@ def pcen_db(db: np.ndarray, frame_rate: float) -> np.ndarray:
     """
     from scipy.signal import lfilter, lfilter_zi
 
-    b = pcen_smoothing(frame_rate)
+    p = pcen if pcen is not None else PcenConfig()
+    b = pcen_smoothing(frame_rate, p.time_constant)
     e = np.power(10.0, db.astype(np.float64) / 20.0) * PCEN_INPUT_SCALE
     start = np.power(10.0, band_median(db).astype(np.float64) / 20.0) * PCEN_INPUT_SCALE
     zi = lfilter_zi([b], [1.0, b - 1.0]) * start  # [..., n_mels, 1]
     m, _ = lfilter([b], [1.0, b - 1.0], e, axis=-1, zi=zi)
-    smooth = np.exp(-PCEN_GAIN * (np.log(PCEN_EPS) + np.log1p(m / PCEN_EPS)))
-    out = PCEN_BIAS**PCEN_POWER * np.expm1(PCEN_POWER * np.log1p(e * smooth / PCEN_BIAS))
+    smooth = np.exp(-p.gain * (np.log(PCEN_EPS) + np.log1p(m / PCEN_EPS)))
+    out = p.bias**p.power * np.expm1(p.power * np.log1p(e * smooth / p.bias))
     return out.astype(db.dtype, copy=False)
 
 
@@ -165,21 +163,22 @@ def normalize_db_np(
     batched: bool | None = None,
     band_norm: str = "none",
     frame_rate: float | None = None,
+    pcen: PcenConfig | None = None,
 ) -> np.ndarray:
     """NumPy twin of :func:`normalize_db` (keeps float32 inputs float32).
 
     ``band_norm="median"`` subtracts each mel band's median over the frames (the last
     axis) first (:class:`~birdstack.config.SpectrogramConfig`); only this twin has it,
     as every model input is encoded in NumPy. ``band_norm="pcen"`` returns
-    :func:`pcen_db` of the input instead (``top_db`` plays no part; ``frame_rate``,
-    spectrogram frames per second, is then needed).
+    :func:`pcen_db` of the input with the ``pcen`` settings instead (``top_db`` plays
+    no part; ``frame_rate``, spectrogram frames per second, is then needed).
     """
     if batched is None:
         batched = db.ndim == 4
     if band_norm == "pcen":
         if frame_rate is None:
             raise ValueError("band_norm 'pcen' needs the frame rate")
-        return pcen_db(db, frame_rate)
+        return pcen_db(db, frame_rate, pcen)
     if band_norm == "median":
         db = db - band_median(db).astype(db.dtype, copy=False)
     elif band_norm != "none":
@@ -192,14 +191,15 @@ def normalize_db_np(
 
 @dataclass(frozen=True)
 class InputNorm:
-    """How every model input's dB values are normalised: one value object for the three
+    """How every model input's dB values are normalised: one value object for the
     settings that travel together (``Preprocessing.input_norm()`` builds it from the
     checkpoint's preprocessing; training, augmentation, ``evaluate`` and ``predict`` all
     call it).
 
     ``top_db``: the range kept below the input's maximum; ``band_norm``: ``none``,
     ``median`` (each band's median subtracted first) or ``pcen`` (:func:`pcen_db`);
-    ``frame_rate``: spectrogram frames per second, which PCEN's smoother needs.
+    ``frame_rate``: spectrogram frames per second, which PCEN's smoother needs;
+    ``pcen``: PCEN's settings (:class:`~birdstack.config.PcenConfig`).
 
     >>> import numpy as np
     >>> norm = InputNorm(top_db=80.0, band_norm="median")
@@ -215,6 +215,7 @@ class InputNorm:
     top_db: float = 80.0
     band_norm: str = "none"
     frame_rate: float | None = None
+    pcen: PcenConfig = field(default_factory=PcenConfig)
 
     def __post_init__(self) -> None:
         if self.band_norm not in BAND_NORMS:
@@ -224,7 +225,7 @@ class InputNorm:
 
     def __call__(self, db: np.ndarray, batched: bool | None = None) -> np.ndarray:
         """The normalised input (:func:`normalize_db_np` with these settings)."""
-        return normalize_db_np(db, self.top_db, batched, self.band_norm, self.frame_rate)
+        return normalize_db_np(db, self.top_db, batched, self.band_norm, self.frame_rate, self.pcen)
 
 
 # --------------------------------------------------------------------------- NumPy log-mel
