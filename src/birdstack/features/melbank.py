@@ -108,9 +108,10 @@ def band_median(db: np.ndarray) -> np.ndarray:
 # first, as librosa advises for audio in [-1, 1].
 PCEN_EPS = 1e-6
 PCEN_INPUT_SCALE = 2.0**31
+LIBROSA_PCEN = PcenConfig()  # the default settings
 
 
-def pcen_smoothing(frame_rate: float, time_constant: float = PcenConfig.time_constant) -> float:
+def pcen_smoothing(frame_rate: float, time_constant: float = LIBROSA_PCEN.time_constant) -> float:
     """The one-pole smoother's coefficient ``b`` for a time constant in seconds
     (librosa.pcen's formula).
 
@@ -121,14 +122,14 @@ def pcen_smoothing(frame_rate: float, time_constant: float = PcenConfig.time_con
     return float((np.sqrt(1 + 4 * t**2) - 1) / (2 * t**2))
 
 
-def pcen_db(db: np.ndarray, frame_rate: float, pcen: PcenConfig | None = None) -> np.ndarray:
+def pcen_db(db: np.ndarray, frame_rate: float, pcen: PcenConfig = LIBROSA_PCEN) -> np.ndarray:
     """Per-channel energy normalisation of a dB mel spectrogram ``[..., n_mels, T]``.
 
     Each band's magnitude ``E`` (``10**(db/20)``, scaled by :data:`PCEN_INPUT_SCALE`) is
     divided by a slow moving average of itself ``M`` (``pcen.time_constant`` seconds) to
     the power ``pcen.gain``, then compressed: ``(E / (eps + M)**gain + bias)**power -
     bias**power`` (``librosa.pcen``; ``pcen``: a :class:`~birdstack.config.PcenConfig`,
-    librosa's defaults when ``None``). A band's
+    librosa's defaults unless given). A band's
     stationary level and the recorder's gain drop out and what rises above the band's
     recent past remains: an adaptive version of the band median. The smoother starts
     in its steady state at the band's median over the input, not at 0 or at the first
@@ -146,14 +147,13 @@ def pcen_db(db: np.ndarray, frame_rate: float, pcen: PcenConfig | None = None) -
     """
     from scipy.signal import lfilter, lfilter_zi
 
-    p = pcen if pcen is not None else PcenConfig()
-    b = pcen_smoothing(frame_rate, p.time_constant)
+    b = pcen_smoothing(frame_rate, pcen.time_constant)
     e = np.power(10.0, db.astype(np.float64) / 20.0) * PCEN_INPUT_SCALE
     start = np.power(10.0, band_median(db).astype(np.float64) / 20.0) * PCEN_INPUT_SCALE
     zi = lfilter_zi([b], [1.0, b - 1.0]) * start  # [..., n_mels, 1]
     m, _ = lfilter([b], [1.0, b - 1.0], e, axis=-1, zi=zi)
-    smooth = np.exp(-p.gain * (np.log(PCEN_EPS) + np.log1p(m / PCEN_EPS)))
-    out = p.bias**p.power * np.expm1(p.power * np.log1p(e * smooth / p.bias))
+    smooth = np.exp(-pcen.gain * (np.log(PCEN_EPS) + np.log1p(m / PCEN_EPS)))
+    out = pcen.bias**pcen.power * np.expm1(pcen.power * np.log1p(e * smooth / pcen.bias))
     return out.astype(db.dtype, copy=False)
 
 
@@ -163,7 +163,7 @@ def normalize_db_np(
     batched: bool | None = None,
     band_norm: str = "none",
     frame_rate: float | None = None,
-    pcen: PcenConfig | None = None,
+    pcen: PcenConfig = LIBROSA_PCEN,
 ) -> np.ndarray:
     """NumPy twin of :func:`normalize_db` (keeps float32 inputs float32).
 
