@@ -101,7 +101,9 @@ def _student_cfg(demo_dir: Path, cache_dir: Path, out: Path, teacher: str, **ext
     return Config.from_dict(base).override(extra)
 
 
-def test_distilled_student_on_demo_data(demo_teacher, demo_dir, cache_dir, tmp_path) -> None:
+def test_distilled_student_on_demo_data(
+    demo_teacher, demo_dir, cache_dir, tmp_path, caplog
+) -> None:
     from birdstack.data.datamodule import BirdDataModule
     from birdstack.data.prepare import prepare
     from birdstack.training.checkpoint import load_checkpoint
@@ -109,8 +111,6 @@ def test_distilled_student_on_demo_data(demo_teacher, demo_dir, cache_dir, tmp_p
 
     unl = tmp_path / "field"
     unl.mkdir()
-    for f in sorted(demo_dir.glob("train_audio/*/*.ogg"))[:2]:
-        shutil.copy(f, unl / f"clip_{f.name}")
     # {fold} picks the teacher trained without the student's validation fold
     shutil.copytree(demo_teacher.run_dir, tmp_path / "teacher_fold0")
     template = str(tmp_path / "teacher_fold{fold}" / "checkpoints" / "last.ckpt")
@@ -118,8 +118,17 @@ def test_distilled_student_on_demo_data(demo_teacher, demo_dir, cache_dir, tmp_p
         demo_dir, cache_dir, tmp_path / "student", template, **{"distill.unlabelled": [str(unl)]}
     )
     prepared = prepare(cfg.data, cfg.preprocessing, progress=False)
-    tables, unlabelled = distillation_inputs(cfg, prepared)
+    # as unlabelled audio: copies of one validation and one training recording, which
+    # are named in warnings (compared by content, not by name)
+    kept = prepared.kept
+    for fold in (cfg.data.val_fold, kept.loc[kept["fold"] != cfg.data.val_fold, "fold"].iloc[0]):
+        f = Path(kept.loc[kept["fold"] == fold, "path"].iloc[0])
+        shutil.copy(f, unl / f"clip_{f.name}")
+    with caplog.at_level("WARNING", logger="birdstack"):
+        tables, unlabelled = distillation_inputs(cfg, prepared)
     assert len(unlabelled) == 2 and set(unlabelled["path"]) <= set(tables)
+    assert "1 unlabelled file(s) are recordings of the validation fold 0" in caplog.text
+    assert "1 unlabelled file(s) are labelled training recordings" in caplog.text
     dm = BirdDataModule(prepared, teacher=tables, unlabelled=unlabelled, batch_size=8)
     x, y, rec, soft = dm.train_set[0]
     assert soft.shape == (len(prepared.classes),) and float(soft.sum()) == pytest.approx(1, 1e-5)

@@ -358,6 +358,38 @@ def check_teacher_leakage(
         )
 
 
+def warn_labelled_in_unlabelled(
+    unlabelled: pd.DataFrame, kept: pd.DataFrame, val_fold: int
+) -> None:
+    """Warn when the unlabelled audio holds recordings of the labelled data set.
+
+    Files are compared by content (the feature cache's SHA-1 names). A validation
+    recording among them makes the validation scores measure the transductive use (the
+    student has trained on the teacher's scores of the very audio it is scored on: what
+    a user distilling onto their own deployment audio gets, not what new recordings
+    get); a training recording is drawn twice, once with its label and once without.
+    """
+    sha = kept["cache_file"].astype(str).map(lambda f: Path(f).stem)
+    fold_of = dict(zip(sha, kept["fold"].astype(int)))
+    folds = [fold_of.get(Path(f).stem) for f in unlabelled["cache_file"].astype(str)]
+    n_val = sum(f == val_fold for f in folds)
+    n_train = sum(f is not None and f != val_fold for f in folds)
+    if n_val:
+        log.warning(
+            "%d unlabelled file(s) are recordings of the validation fold %d (same audio): "
+            "the validation scores measure distillation onto the audio scored, not new "
+            "recordings",
+            n_val,
+            val_fold,
+        )
+    if n_train:
+        log.warning(
+            "%d unlabelled file(s) are labelled training recordings (same audio): they are "
+            "drawn twice, with and without their label",
+            n_train,
+        )
+
+
 def cross_fit_teacher_configs(cfg: Config) -> dict[int, Config]:
     """``distill.cross_fit``: the teacher's own config, once per training fold ``j``,
     retrained on the student's data without fold ``j`` and without the student's
@@ -499,6 +531,7 @@ def distillation_inputs(
         )
         paths += unlabelled["path"].tolist()
         log.info("distillation: %d unlabelled recording(s) added", len(unlabelled))
+        warn_labelled_in_unlabelled(unlabelled, m, cfg.data.val_fold)
     rest = [p for p in paths if p not in scored]
     scored.update(zip(rest, teacher.tables(rest, progress=cfg.trainer.progress)))
     tables = [scored[p] for p in paths]
