@@ -109,13 +109,18 @@ def test_distilled_student_on_demo_data(
     from birdstack.training.checkpoint import load_checkpoint
     from birdstack.training.train import distillation_inputs, train
 
-    unl = tmp_path / "field"
+    unl = tmp_path / "field_fold0"
     unl.mkdir()
-    # {fold} picks the teacher trained without the student's validation fold
+    # {fold} picks the teacher trained without the student's validation fold (and, in
+    # an unlabelled folder's name, that fold's folder)
     shutil.copytree(demo_teacher.run_dir, tmp_path / "teacher_fold0")
     template = str(tmp_path / "teacher_fold{fold}" / "checkpoints" / "last.ckpt")
     cfg = _student_cfg(
-        demo_dir, cache_dir, tmp_path / "student", template, **{"distill.unlabelled": [str(unl)]}
+        demo_dir,
+        cache_dir,
+        tmp_path / "student",
+        template,
+        **{"distill.unlabelled": [str(tmp_path / "field_fold{fold}")]},
     )
     prepared = prepare(cfg.data, cfg.preprocessing, progress=False)
     # as unlabelled audio: copies of one validation and one training recording, which

@@ -671,7 +671,8 @@ class DistillConfig:
     labels alone. The loss is ``(1 - alpha)`` x cross-entropy on the labels plus
     ``alpha`` x ``temperature ** 2`` x the KL divergence from the teacher's scores at
     ``temperature``. ``unlabelled``: folders
-    of audio without labels, trained on the teacher's scores alone.
+    of audio without labels, trained on the teacher's scores alone (``{fold}`` and
+    ``{seed}`` filled in as in ``teacher``).
     ``embedding`` (> 0: on; a teacher on BirdNET features): weight of a second term,
     the mean squared error between a training-only ``Linear`` of the student's pooled
     features and the teacher's 1024-d BirdNET embedding of the same audio (pooled

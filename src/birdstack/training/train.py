@@ -321,10 +321,15 @@ def embedding_dim(cfg: Config) -> int | None:
     return EMBED_DIM
 
 
+def fold_seed_path(template: str, cfg: Config) -> str:
+    """``template`` with ``{fold}`` (the validation fold) and ``{seed}`` filled in."""
+    t = str(template)
+    return t.format(fold=cfg.data.val_fold, seed=cfg.trainer.seed) if "{" in t else t
+
+
 def teacher_path(cfg: Config) -> str:
     """``distill.teacher`` with ``{fold}`` / ``{seed}`` filled in (one teacher per fold)."""
-    t = str(cfg.distill.teacher)
-    return t.format(fold=cfg.data.val_fold, seed=cfg.trainer.seed) if "{" in t else t
+    return fold_seed_path(str(cfg.distill.teacher), cfg)
 
 
 def check_teacher_leakage(
@@ -512,7 +517,7 @@ def distillation_inputs(
         scored.update(zip(fold_paths, inner_tables))
     unlabelled = None
     if d.unlabelled:
-        files = unlabelled_files(d.unlabelled)
+        files = unlabelled_files([fold_seed_path(u, cfg) for u in d.unlabelled])
         cache = FeatureCache.for_preprocessing(root, prepared.preprocessing)
         res = cache.compute_many(files, workers=cfg.data.workers, progress=cfg.trainer.progress)
         for e in res.failed:
