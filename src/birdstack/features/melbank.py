@@ -15,7 +15,7 @@ MB of resident memory, most of a predict run's peak)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -215,7 +215,7 @@ class InputNorm:
     top_db: float = 80.0
     band_norm: str = "none"
     frame_rate: float | None = None
-    pcen: PcenConfig = field(default_factory=PcenConfig)
+    pcen: PcenConfig = LIBROSA_PCEN
 
     def __post_init__(self) -> None:
         if self.band_norm not in BAND_NORMS:

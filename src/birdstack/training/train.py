@@ -323,8 +323,11 @@ def embedding_dim(cfg: Config) -> int | None:
 
 def fold_seed_path(template: str, cfg: Config) -> str:
     """``template`` with ``{fold}`` (the validation fold) and ``{seed}`` filled in."""
-    t = str(template)
-    return t.format(fold=cfg.data.val_fold, seed=cfg.trainer.seed) if "{" in t else t
+    return (
+        template.format(fold=cfg.data.val_fold, seed=cfg.trainer.seed)
+        if "{" in template
+        else template
+    )
 
 
 def teacher_path(cfg: Config) -> str:
