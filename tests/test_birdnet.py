@@ -268,7 +268,9 @@ def test_wrong_model_hash_is_refused(trained, tmp_path: Path) -> None:
     assert "sha256" in str(err.value)
 
 
-def test_predict_cli_location_filter_and_export(trained, demo_files: list[Path], tmp_path: Path):
+def test_predict_cli_location_filter_and_export(
+    trained, demo_files: list[Path], tmp_path: Path, caplog
+):
     from birdstack.cli.main import build_parser
     from birdstack.inference.predictor import Predictor
 
@@ -282,7 +284,10 @@ def test_predict_cli_location_filter_and_export(trained, demo_files: list[Path],
     assert run(["predict", *base, "--out", str(tmp_path / "here")]) == 0
     # Puerto Rico: the reed warbler is dropped, whatever the audio says
     pr = ["--lat", "18.3", "--lon", "-66.5", "--date", "2020-05-15"]
-    assert run(["predict", *base, "--out", str(tmp_path / "pr"), *pr]) == 0
+    with caplog.at_level("INFO", logger="birdstack"):
+        assert run(["predict", *base, "--out", str(tmp_path / "pr"), *pr]) == 0
+    # the user is told which species the place and week rule out
+    assert "species dropped:" in caplog.text and "acrocephalus_arundinaceus" in caplog.text
 
     def recording_row(folder: Path) -> dict[str, str]:
         with open(next(folder.glob("*recordings*.csv"))) as fh:

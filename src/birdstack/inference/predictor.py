@@ -887,6 +887,21 @@ class Predictor:
             self.birdnet_class_map(), lat, lon, week, mode, threshold, self._bn_file()
         )
         self.location_factors = prior.factors
+        # say which classes the place and week rule out: their scores will be 0 (drop)
+        # or scaled down (weight) whatever the audio says
+        out = [c for c, f in zip(self.classes, prior.factors, strict=True) if f < 1.0]
+        if out:
+            log.info(
+                "location filter (%s, lat %.4g, lon %.4g, week %s): %d of %d species %s: %s",
+                mode,
+                lat,
+                lon,
+                week if week > 0 else "any",
+                len(out),
+                len(self.classes),
+                "dropped" if mode == "drop" else "weighted down",
+                ", ".join(out),
+            )
 
     def _bn_file(self) -> str | None:
         return self.preprocessing.birdnet.model_file
