@@ -223,6 +223,25 @@ def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, t
     assert (tmp_path / "eval" / "confusion_windows.png").is_file()
     assert (tmp_path / "eval" / "confusion_windows.csv").is_file()
 
+    # scripts/end_window.py: its regular windows are validation's, its end windows extra
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "end_window.py"
+    spec = importlib.util.spec_from_file_location("end_window", path)
+    assert spec is not None and spec.loader is not None
+    end_window = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(end_window)
+    rows = end_window.score_run(run, str(demo_dir), "best", str(cache_dir))
+    assert [r[1].split(" (")[0] for r in rows] == [
+        "every regular window",
+        "last regular window, recordings with an end window",
+        "the end window",
+    ]
+    right, n = (int(v) for v in rows[0][2].split(" / "))
+    assert n == res.window.n and right / n == pytest.approx(logged["val/acc"], abs=1e-6)
+    n_last, n_end = (int(r[2].split(" / ")[1]) for r in rows[1:])
+    assert 0 < n_end == n_last <= res.recording.n
+
 
 def test_metrics_agree_with_scikit_learn():
     rng = np.random.default_rng(0)
