@@ -18,6 +18,21 @@ DEMO = REPO / "data" / "birds-demo"
 
 
 @pytest.fixture(scope="session")
+def load_script():
+    """A function loading ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def demo_dir() -> Path:
     """The embedded BirdCLEF-style demo data (6 species x 8 real recordings)."""
     assert (DEMO / "train_metadata.csv").is_file(), "embedded demo data missing"

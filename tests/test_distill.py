@@ -195,21 +195,17 @@ def test_teacher_must_know_every_class(demo_teacher, demo_dir, cache_dir, tmp_pa
         Teacher(demo_teacher.last_checkpoint, ["vireo_latimeri", "turdus_merula"], cache_dir)
 
 
-def test_distill_gap_script_reproduces_the_run(demo_teacher, demo_dir, cache_dir, tmp_path) -> None:
+def test_distill_gap_script_reproduces_the_run(
+    demo_teacher, demo_dir, cache_dir, tmp_path, load_script
+) -> None:
     """scripts/distill_gap.py: the student's figure is the run's own last validation figure,
     the teacher's is its checkpoint's ``predict``, and the ceiling uses the same tables."""
-    import importlib.util
-
     from birdstack.inference.predictor import Predictor
     from birdstack.training.train import train
 
     teacher = str(demo_teacher.run_dir / "checkpoints" / "last.ckpt")
     result = train(_student_cfg(demo_dir, cache_dir, tmp_path / "student", teacher))
-    path = Path(__file__).parents[1] / "scripts" / "distill_gap.py"
-    spec = importlib.util.spec_from_file_location("distill_gap", path)
-    assert spec is not None and spec.loader is not None
-    gap = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gap)
+    gap = load_script("distill_gap")
 
     row, per_class = gap.run_gap(result.run_dir)
     assert row["fold"] == 0 and row["n_val"] > 0

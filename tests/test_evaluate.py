@@ -188,7 +188,9 @@ def test_trained_on_compares_content_not_names_or_sizes(stacked_run, tmp_path):
     assert trained_on(moved, paths) is None
 
 
-def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, tmp_path):
+def test_segments_model_gets_window_and_recording_figures(
+    demo_dir, cache_dir, tmp_path, load_script
+):
     # 2.5 s windows every 5 s on 2 species, trained on one random crop per recording and
     # epoch (validated on every window): small and quick
     run = _train(
@@ -224,13 +226,7 @@ def test_segments_model_gets_window_and_recording_figures(demo_dir, cache_dir, t
     assert (tmp_path / "eval" / "confusion_windows.csv").is_file()
 
     # scripts/end_window.py: its regular windows are validation's, its end windows extra
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "scripts" / "end_window.py"
-    spec = importlib.util.spec_from_file_location("end_window", path)
-    assert spec is not None and spec.loader is not None
-    end_window = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(end_window)
+    end_window = load_script("end_window")
     rows = end_window.score_run(run, str(demo_dir), "best", str(cache_dir))
     assert [r[1].split(" (")[0] for r in rows] == [
         "every regular window",

@@ -554,21 +554,15 @@ def test_predict_reports_every_species_above_its_stored_threshold(
 
 
 def test_field_false_detections_script_counts_what_predict_reports(
-    ml_run, soundscape_root, monkeypatch
+    ml_run, soundscape_root, monkeypatch, load_script
 ):
     """scripts/field_false_detections.py: files the run trained on are left out, and a file
     counts when some window has a species at or above its threshold and predict's 0.1
     floor (the soundscapes stand in for a field folder: half of them trained the run)."""
-    import importlib.util
-
     from birdstack.features.audio import find_audio_files
     from birdstack.inference.predictor import Predictor
 
-    path = Path(__file__).parents[1] / "scripts" / "field_false_detections.py"
-    spec = importlib.util.spec_from_file_location("field_false_detections", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("field_false_detections")
 
     field = soundscape_root / "scapes" / "audio"
     (row,) = mod.score_run(ml_run.run_dir, {"neg": field}, [0.5])  # one rule: thresholds
@@ -615,7 +609,9 @@ def test_onnx_export_keeps_thresholds_and_sigmoid(ml_run, tmp_path):
     assert not np.allclose(p_torch.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
 
 
-def test_birdstack_train_makes_a_detector_by_default(demo_dir, cache_dir, tmp_path, monkeypatch):
+def test_birdstack_train_makes_a_detector_by_default(
+    demo_dir, cache_dir, tmp_path, monkeypatch, load_script
+):
     """`birdstack train` with no --task: a multi-label detector whose training and
     validation folds hold the other species' recordings as negatives; its checkpoint
     carries per-species thresholds, so predict may report nothing; --task multiclass is
@@ -651,13 +647,7 @@ def test_birdstack_train_makes_a_detector_by_default(demo_dir, cache_dir, tmp_pa
 
     # scripts/detector_thresholds.py re-chooses the thresholds from predict's window
     # scores: its rule "recording maxima, with negatives" is the default, the run's own
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "scripts" / "detector_thresholds.py"
-    spec = importlib.util.spec_from_file_location("detector_thresholds", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("detector_thresholds")
     rows = mod.score_run(tmp_path / "det", {})
     assert [r["rule"].split(" (")[0] for r in rows] == [
         f"{scores}, {negatives} negatives"
