@@ -264,3 +264,32 @@ def test_a_diverging_loss_gets_a_log_axis(tmp_path):
     assert not wants_log_axis([0.0, 540.0])  # a log axis cannot show 0
     out = plot_curves({"calm": [calm], "wild": [wild]}, tmp_path / "c.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_manifest_keeps_the_kept_rows_and_names_the_file_when_it_cannot(tmp_path):
+    from birdstack.evaluation.evaluate import read_manifest
+
+    m = tmp_path / "manifest.csv"
+    m.write_text(
+        "rec_id,split,dropped,events\n"
+        "001,train,False,\n"
+        '002,val,False,"[{""t0"": 1}]"\n'
+        "003,val,True,\n"
+    )
+    val = read_manifest(m, "val", events=True)
+    assert val["rec_id"].tolist() == ["002"]  # ids stay text; the dropped row is left out
+    assert val["events"].iloc[0].startswith("[")
+    assert read_manifest(m)["rec_id"].tolist() == ["001", "002"]
+    with pytest.raises(BadInputError, match=r"manifest\.csv.*no kept rows with split 'test'"):
+        read_manifest(m, "test")
+    # a multi-label evaluation's manifest without a 'dropped' column: every row is kept
+    (tmp_path / "nodrop.csv").write_text("rec_id,split\na,val\nb,train\n")
+    assert read_manifest(tmp_path / "nodrop.csv", "val", events=True)["rec_id"].tolist() == ["a"]
+    (tmp_path / "nosplit.csv").write_text("rec_id\na\n")
+    with pytest.raises(BadInputError, match="no 'split' column"):
+        read_manifest(tmp_path / "nosplit.csv", "val")
+    (tmp_path / "meta.csv").write_text("primary_label,filename\nx,a.ogg\n")
+    with pytest.raises(BadInputError, match=r"meta\.csv.*not a birdstack manifest"):
+        read_manifest(tmp_path / "meta.csv")
+    with pytest.raises(BadInputError, match=r"absent\.csv.*manifest file not found"):
+        read_manifest(tmp_path / "absent.csv")

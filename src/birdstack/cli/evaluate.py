@@ -29,7 +29,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         "multi-label, per window and per clip)",
     )
     p.add_argument(
-        "--manifest", help="only the recordings of this manifest (RUN/data/manifest.csv)"
+        "--manifest", help="only the kept recordings of this manifest (RUN/data/manifest.csv)"
     )
     p.add_argument(
         "--split",

@@ -228,6 +228,39 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def read_manifest(
+    manifest: str | os.PathLike[str], split: str | None = None, events: bool = False
+) -> pd.DataFrame:
+    """The kept rows of a run's ``data/manifest.csv`` (``dropped`` false), of ``split``
+    when given; ``events``: read that column as text too (multi-label runs).
+
+    A file that is missing, is not a birdstack manifest or has no such rows is a
+    :class:`~birdstack.utils.BadInputError` naming the file.
+    """
+    mpath = Path(manifest)
+    if not mpath.is_file():
+        raise BadInputError(mpath, "manifest file not found")
+    dtype = {"rec_id": str, "split": str} | ({"events": str} if events else {})
+    try:
+        man = pd.read_csv(mpath, dtype=dtype)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BadInputError(mpath, f"not a readable CSV manifest ({e})") from e
+    if "rec_id" not in man:
+        raise BadInputError(mpath, "not a birdstack manifest (no 'rec_id' column)")
+    keep = pd.Series(True, index=man.index)
+    if "dropped" in man:
+        keep &= ~man["dropped"].astype(str).str.lower().isin(("true", "1"))
+    if split is not None:
+        if "split" not in man:
+            raise BadInputError(mpath, "no 'split' column to select --split from")
+        keep &= man["split"] == split
+    if not keep.any():
+        found = f" (found {sorted(set(man['split'].astype(str)))})" if "split" in man else ""
+        which = f" with split {split!r}" if split is not None else ""
+        raise BadInputError(mpath, f"no kept rows{which}{found}")
+    return man[keep].copy()
+
+
 def select_recordings(
     data: str | os.PathLike[str],
     classes: list[str],
@@ -236,9 +269,9 @@ def select_recordings(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Rows of the data's metadata to score and the counts of those left out.
 
-    ``manifest``: only its recordings (matched by ``rec_id``); ``split``: only its kept
-    rows with that ``split`` value. Missing files and labels that are not among
-    ``classes`` are left out and counted.
+    ``manifest``: only its kept recordings (:func:`read_manifest`, matched by ``rec_id``);
+    ``split``: only those with that ``split`` value. Missing files and labels that are
+    not among ``classes`` are left out and counted.
     """
     from birdstack.data.metadata import load_metadata
 
@@ -251,21 +284,7 @@ def select_recordings(
     }
     if manifest is not None:
         mpath = Path(manifest)
-        if not mpath.is_file():
-            raise BadInputError(mpath, "manifest file not found")
-        man = pd.read_csv(mpath, dtype={"rec_id": str, "split": str})
-        if "rec_id" not in man:
-            raise BadInputError(mpath, "not a birdstack manifest (no 'rec_id' column)")
-        if split is not None:
-            if "split" not in man:
-                raise BadInputError(mpath, "no 'split' column to select --split from")
-            keep = man["split"] == split
-            if "dropped" in man:
-                keep &= ~man["dropped"].astype(str).str.lower().isin(("true", "1"))
-            man = man[keep]
-            if man.empty:
-                splits = sorted(set(pd.read_csv(mpath)["split"].astype(str)))
-                raise BadInputError(mpath, f"no kept rows with split {split!r} (found {splits})")
+        man = read_manifest(mpath, split)
         wanted = set(man["rec_id"])
         unknown = wanted - set(meta["rec_id"])
         if unknown:
@@ -555,16 +574,7 @@ def multilabel_rows(
         "unreadable_audio": 0,
     }
     if manifest is not None:
-        mpath = Path(manifest)
-        if not mpath.is_file():
-            raise BadInputError(mpath, "manifest file not found")
-        rows = pd.read_csv(mpath, dtype={"rec_id": str, "split": str, "events": str})
-        keep = ~rows["dropped"].astype(str).str.lower().isin(("true", "1"))
-        if split is not None:
-            keep &= rows["split"] == split
-        rows = rows[keep].copy()
-        if rows.empty:
-            raise BadInputError(mpath, f"no kept rows with split {split!r}")
+        rows = read_manifest(manifest, split, events=True)
         if "labels" in rows:
             rows["labels"] = [json.loads(v) if isinstance(v, str) else [] for v in rows["labels"]]
         else:
