@@ -160,3 +160,51 @@ def test_nothing_to_predict_is_reported(stacked_run, tmp_path):
     argv = ["predict", str(stacked_run.checkpoint), str(tmp_path / "empty_dir")]
     argv += [str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o"), "--no-progress"]
     assert _run(argv) == EXIT_SKIPPED
+
+
+def test_info_describes_a_checkpoint_and_its_onnx_export(trained_run, onnx_model, tmp_path, capsys):
+    import pandas as pd
+
+    from birdstack.inference.model_info import model_info
+    from birdstack.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from birdstack.utils import BadInputError
+
+    ckpt = load_checkpoint(trained_run.checkpoint)
+    net, saved = build_model_from_checkpoint(ckpt)
+    info = model_info(trained_run.checkpoint)
+    assert info.kind == "checkpoint" and info.task == "multiclass"
+    assert info.classes == saved.classes and info.model == "mobilenet_compact"
+    assert info.parameters == sum(p.numel() for p in net.parameters())
+    assert info.input_shape == saved.preprocessing.input_shape()
+    # the figures its run logged at the checkpoint's epoch, and its validation fold's size
+    logged = pd.read_csv(trained_run.run_dir / "metrics.csv").iloc[ckpt["epoch"]]
+    assert info.epoch == ckpt["epoch"] + 1 and info.epochs == 1
+    assert info.validation["val/rec_f1_macro"] == pytest.approx(logged["val/rec_f1_macro"])
+    m = trained_run.manifest
+    assert info.n_validation == int(((m["split"] == "val") & ~m["dropped"].astype(bool)).sum())
+    assert info.chosen_by == "val/rec_f1_macro"  # best.ckpt: picked on that fold
+    assert info.data["path"] == str(Path(ckpt["birdstack"]["config"]["data"]["path"]))
+
+    assert _run(["info", str(trained_run.checkpoint)]) == EXIT_OK
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{info.parameters:,} parameters" in text and "optimistic" in text
+    assert f"{info.n_validation} validation recordings" in text
+    assert all(c in text for c in info.classes)
+    # --classes: a species list predict reads back
+    assert _run(["info", str(onnx_model), "--classes"]) == EXIT_OK
+    assert capsys.readouterr().out.split() == info.classes
+    assert _run(["info", str(trained_run.checkpoint), "--json"]) == EXIT_OK
+    dumped = json.loads(capsys.readouterr().out)
+    assert dumped["classes"] == info.classes and dumped["input_shape"] == list(info.input_shape)
+
+    exported = model_info(onnx_model)  # what an export carries: no config, no figures
+    assert exported.kind == "onnx" and exported.classes == info.classes
+    assert exported.input_shape == info.input_shape and exported.parameters is None
+    assert exported.source == "calibrated.ckpt" and exported.validation == {}
+
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(BadInputError, match=r"notes\.ckpt.*not a readable checkpoint"):
+        model_info(bad)
+    with pytest.raises(BadInputError, match=r"gone\.onnx.*not found"):
+        model_info(tmp_path / "gone.onnx")

@@ -668,3 +668,20 @@ def test_birdstack_train_makes_a_detector_by_default(
     assert block.get("task", "multiclass") == "multiclass"
     m = pd.read_csv(tmp_path / "cls" / "data" / "manifest.csv")
     assert m.loc[~m["dropped"].astype(bool), "primary_label"].nunique() == 3  # others dropped
+
+
+def test_info_shows_a_detectors_thresholds(ml_run, capsys):
+    from birdstack.cli.main import build_parser
+    from birdstack.inference.model_info import model_info
+    from birdstack.training.checkpoint import load_checkpoint
+
+    block = load_checkpoint(ml_run.last_checkpoint)["birdstack"]
+    info = model_info(ml_run.last_checkpoint)
+    assert info.task == "multilabel" and info.thresholds == pytest.approx(block["thresholds"])
+    assert "val/rec_cmap" in info.validation and info.chosen_by is None  # last.ckpt: not chosen
+    args = build_parser().parse_args(["info", str(ml_run.last_checkpoint)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "detector" in out and "threshold" in out and "optimistic" not in out
+    first = next(line for line in out.splitlines() if f" {info.classes[0]} " in line)
+    assert f"{info.thresholds[0]:.3f}" in first

@@ -243,3 +243,20 @@ def test_leftovers_of_killed_writes_are_removed_and_live_ones_kept(tmp_path):
         assert remove_stale_temp_files(tmp_path, recursive=True) == 1
         assert live.exists() and other_host.exists() and unrelated.exists()
     assert not dead[0].exists() and target.read_text() == "whole"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such_not_as_hostile(tmp_path):
+    good = make_checkpoint(tmp_path / "good.ckpt", ["a_b", "c_d"])
+    data = good.read_bytes()
+    files = {
+        "empty.ckpt": b"",
+        "notes.ckpt": b"epoch 3, lr 0.001\n",
+        "half.ckpt": data[: len(data) // 2],  # an interrupted copy or download
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(BadInputError) as err:
+            load_checkpoint(tmp_path / name)
+        assert err.value.path == str(tmp_path / name)
+        assert "not a readable checkpoint" in str(err.value), name
+        assert "refused" not in str(err.value), name

@@ -6,6 +6,7 @@
     birdstack predict  CKPT PATH... --out DIR [--format csv raven json] [--shard K/N]
     birdstack merge    DIR                                  join the shards of predict --shard
     birdstack export   CKPT --onnx OUT.onnx
+    birdstack info     CKPT|ONNX [--classes | --json]           what a model is, trained on, scored
     birdstack sweep    EXPERIMENT.yaml [--out DIR]
     birdstack models                                        list registered models
     birdstack demo     --out DIR                             the whole pipeline on the embedded data
@@ -519,6 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("predict", "birdstack.cli.predict", "predict species in recordings / soundscapes"),
         ("merge", "birdstack.cli.predict", "join the outputs of predict --shard K/N runs"),
         ("export", "birdstack.cli.predict", "export a checkpoint to ONNX"),
+        (
+            "info",
+            "birdstack.cli.info",
+            "what a checkpoint or ONNX export is: classes, audio, figures",
+        ),
         ("sweep", "birdstack.cli.sweep", "run an experiment grid (resumable)"),
         ("demo", "birdstack.cli.demo", "the whole pipeline on the embedded demo data"),
     ):

@@ -52,6 +52,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise BadInputError(p, "checkpoint file not found")
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (or, in its legacy format, a pickle: protocol >= 2);
+    # anything else (a text file, an empty or truncated download) is not worth unpickling,
+    # and the safe loader's "refused" message would wrongly suggest a hostile file
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        what = "an empty file" if not head else f"a file starting with {head!r}"
+        raise BadInputError(
+            p,
+            f"not a readable checkpoint: {what}, not a file written by torch.save "
+            "(a birdstack checkpoint is RUN/checkpoints/best.ckpt or last.ckpt)",
+        )
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
