@@ -260,3 +260,9 @@ def test_a_file_that_is_not_a_checkpoint_is_named_as_such_not_as_hostile(tmp_pat
         assert err.value.path == str(tmp_path / name)
         assert "not a readable checkpoint" in str(err.value), name
         assert "refused" not in str(err.value), name
+    # a run folder where its checkpoint was meant: the message names the checkpoint to use
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.ckpt").write_bytes(data)
+    with pytest.raises(BadInputError, match=r"a folder, not a checkpoint file.*best\.ckpt"):
+        load_checkpoint(run)

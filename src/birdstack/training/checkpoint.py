@@ -50,6 +50,10 @@ class CheckpointInfo:
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``), with clear errors on bad files."""
     p = Path(path)
+    if p.is_dir():
+        found = [c for c in (p / "checkpoints" / "best.ckpt", p / "best.ckpt") if c.is_file()]
+        hint = f" (this run's best checkpoint is {found[0]})" if found else ""
+        raise BadInputError(p, f"a folder, not a checkpoint file{hint}")
     if not p.is_file():
         raise BadInputError(p, "checkpoint file not found")
     with open(p, "rb") as fh:
