@@ -2,12 +2,15 @@
 
 The pipeline, stage by stage, mirrors the package layout::
 
-    birdstack.data        ingest BirdCLEF / folder-per-species data, selection rules, splits
-    birdstack.features    decoding, resampling, log-mel spectrograms, feature cache, encodings
-    birdstack.models      model registry (compact MobileNetV2, torchvision backbones, ...)
-    birdstack.training    LightningModule, DataModule, ``train(config)``
-    birdstack.evaluation  metrics, reports, sweeps
-    birdstack.inference   ``Predictor``, sliding windows, CSV / Raven / JSON writers, ONNX export
+    birdstack.data        ingest BirdCLEF / folder-per-species data, soundscape annotations,
+                          selection rules, session-grouped splits, augmentations, DataModule
+    birdstack.features    decoding, resampling, log-mel or BirdNET V2.4 features, cache, encodings
+    birdstack.models      model registry (compact MobileNetV2, torchvision backbones, BirdNET heads)
+    birdstack.training    LightningModule, distillation, checkpoints, ``train(config)``
+    birdstack.evaluation  metrics, ``evaluate``, plots, the demo
+    birdstack.sweeps      experiment grids (resumable), reports with paired intervals
+    birdstack.inference   ``Predictor``, sliding windows, CSV / Raven / JSON writers, ONNX export,
+                          ``model_info`` (what a checkpoint is)
     birdstack.cli         the ``birdstack`` command
 """
 
@@ -21,6 +24,7 @@ _LAZY = {
     "list_models": "birdstack.models",
     "Predictor": "birdstack.inference.predictor",
     "evaluate_checkpoint": "birdstack.evaluation.evaluate",
+    "model_info": "birdstack.inference.model_info",
 }
 
 __all__ = ["__version__", *_LAZY]
