@@ -532,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
         mod = __import__(module, fromlist=["add_arguments"]) if _importable(module) else None
         if mod is not None and hasattr(mod, f"add_{name}_arguments"):
             getattr(mod, f"add_{name}_arguments")(p)
-            common(p)
+            if name != "info":  # reads one file, at once: no progress, nothing to skip
+                common(p)
             p.set_defaults(func=_lazy(module, f"cmd_{name}"))
         else:
             p.set_defaults(func=lambda a, n=name: _not_available(n))
