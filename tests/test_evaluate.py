@@ -267,7 +267,7 @@ def test_a_diverging_loss_gets_a_log_axis(tmp_path):
 
 
 def test_read_manifest_keeps_the_kept_rows_and_names_the_file_when_it_cannot(tmp_path):
-    from birdstack.evaluation.evaluate import read_manifest
+    from birdstack.data.prepare import read_manifest
 
     m = tmp_path / "manifest.csv"
     m.write_text(
@@ -276,15 +276,15 @@ def test_read_manifest_keeps_the_kept_rows_and_names_the_file_when_it_cannot(tmp
         '002,val,False,"[{""t0"": 1}]"\n'
         "003,val,True,\n"
     )
-    val = read_manifest(m, "val", events=True)
+    val = read_manifest(m, "val", {"rec_id": str, "events": str})
     assert val["rec_id"].tolist() == ["002"]  # ids stay text; the dropped row is left out
     assert val["events"].iloc[0].startswith("[")
-    assert read_manifest(m)["rec_id"].tolist() == ["001", "002"]
+    assert read_manifest(m, dtype={"rec_id": str})["rec_id"].tolist() == ["001", "002"]
     with pytest.raises(BadInputError, match=r"manifest\.csv.*no kept rows with split 'test'"):
         read_manifest(m, "test")
     # a multi-label evaluation's manifest without a 'dropped' column: every row is kept
     (tmp_path / "nodrop.csv").write_text("rec_id,split\na,val\nb,train\n")
-    assert read_manifest(tmp_path / "nodrop.csv", "val", events=True)["rec_id"].tolist() == ["a"]
+    assert read_manifest(tmp_path / "nodrop.csv", "val")["rec_id"].tolist() == ["a"]
     (tmp_path / "nosplit.csv").write_text("rec_id\na\n")
     with pytest.raises(BadInputError, match="no 'split' column"):
         read_manifest(tmp_path / "nosplit.csv", "val")

@@ -31,6 +31,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -50,6 +51,7 @@ from birdstack.data.split import assign_folds
 from birdstack.features.cache import FeatureCache
 from birdstack.features.encoding import target_frames_rule
 from birdstack.utils import (
+    BadInputError,
     SkipLog,
     atomic_write_json,
     atomic_write_text,
@@ -454,6 +456,40 @@ def prepare(
         write_prepared(prepared, Path(out_dir))
     print_summary(prepared, console)
     return prepared
+
+
+def read_manifest(
+    manifest: str | os.PathLike[str],
+    split: str | None = None,
+    dtype: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """The kept rows of a ``manifest.csv`` (``dropped`` false), of ``split`` when given;
+    ``dtype``: columns to read as given (``{"rec_id": str}``; ``split`` is always text).
+
+    A file that is missing, is not a birdstack manifest or has no such rows is a
+    :class:`~birdstack.utils.BadInputError` naming the file.
+    """
+    mpath = Path(manifest)
+    if not mpath.is_file():
+        raise BadInputError(mpath, "manifest file not found")
+    try:
+        man = pd.read_csv(mpath, dtype={"split": str, **(dtype or {})})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BadInputError(mpath, f"not a readable CSV manifest ({e})") from e
+    if "rec_id" not in man:
+        raise BadInputError(mpath, "not a birdstack manifest (no 'rec_id' column)")
+    keep = pd.Series(True, index=man.index)
+    if "dropped" in man:
+        keep &= ~man["dropped"].astype(str).str.lower().isin(("true", "1"))
+    if split is not None:
+        if "split" not in man:
+            raise BadInputError(mpath, f"no 'split' column to select split {split!r} from")
+        keep &= man["split"] == split
+    if not keep.any():
+        found = f" (found {sorted(set(man['split'].astype(str)))})" if "split" in man else ""
+        which = f" with split {split!r}" if split is not None else ""
+        raise BadInputError(mpath, f"no kept rows{which}{found}")
+    return man[keep].copy()
 
 
 def write_prepared(prepared: PreparedData, out_dir: Path) -> None:

@@ -84,8 +84,9 @@ def reference_predictor(
 
         classes = sorted({lab for labs in row_labels(meta) for lab in labs})
     elif manifest is not None:
-        m = pd.read_csv(manifest)
-        kept = m[~m["dropped"].astype(bool)]
+        from birdstack.data.prepare import read_manifest
+
+        kept = read_manifest(manifest)
         classes = sorted(kept["primary_label"].astype(str).unique())
     else:
         classes = sorted(meta["primary_label"].astype(str).unique())
@@ -228,39 +229,6 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def read_manifest(
-    manifest: str | os.PathLike[str], split: str | None = None, events: bool = False
-) -> pd.DataFrame:
-    """The kept rows of a run's ``data/manifest.csv`` (``dropped`` false), of ``split``
-    when given; ``events``: read that column as text too (multi-label runs).
-
-    A file that is missing, is not a birdstack manifest or has no such rows is a
-    :class:`~birdstack.utils.BadInputError` naming the file.
-    """
-    mpath = Path(manifest)
-    if not mpath.is_file():
-        raise BadInputError(mpath, "manifest file not found")
-    dtype = {"rec_id": str, "split": str} | ({"events": str} if events else {})
-    try:
-        man = pd.read_csv(mpath, dtype=dtype)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise BadInputError(mpath, f"not a readable CSV manifest ({e})") from e
-    if "rec_id" not in man:
-        raise BadInputError(mpath, "not a birdstack manifest (no 'rec_id' column)")
-    keep = pd.Series(True, index=man.index)
-    if "dropped" in man:
-        keep &= ~man["dropped"].astype(str).str.lower().isin(("true", "1"))
-    if split is not None:
-        if "split" not in man:
-            raise BadInputError(mpath, "no 'split' column to select --split from")
-        keep &= man["split"] == split
-    if not keep.any():
-        found = f" (found {sorted(set(man['split'].astype(str)))})" if "split" in man else ""
-        which = f" with split {split!r}" if split is not None else ""
-        raise BadInputError(mpath, f"no kept rows{which}{found}")
-    return man[keep].copy()
-
-
 def select_recordings(
     data: str | os.PathLike[str],
     classes: list[str],
@@ -274,6 +242,7 @@ def select_recordings(
     not among ``classes`` are left out and counted.
     """
     from birdstack.data.metadata import load_metadata
+    from birdstack.data.prepare import read_manifest
 
     meta = load_metadata(data)
     excluded = {
@@ -284,7 +253,7 @@ def select_recordings(
     }
     if manifest is not None:
         mpath = Path(manifest)
-        man = read_manifest(mpath, split)
+        man = read_manifest(mpath, split, {"rec_id": str})
         wanted = set(man["rec_id"])
         unknown = wanted - set(meta["rec_id"])
         if unknown:
@@ -565,7 +534,7 @@ def multilabel_rows(
     import json
 
     from birdstack.data.metadata import load_metadata
-    from birdstack.data.prepare import row_labels
+    from birdstack.data.prepare import read_manifest, row_labels
 
     excluded = {
         "missing_file": 0,
@@ -574,7 +543,7 @@ def multilabel_rows(
         "unreadable_audio": 0,
     }
     if manifest is not None:
-        rows = read_manifest(manifest, split, events=True)
+        rows = read_manifest(manifest, split, {"rec_id": str, "events": str})
         if "labels" in rows:
             rows["labels"] = [json.loads(v) if isinstance(v, str) else [] for v in rows["labels"]]
         else:

@@ -13,6 +13,7 @@ scored on its held-out fold, without loading any audio.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ def model_info(path: str | os.PathLike[str]) -> ModelInfo:
 
 def _checkpoint_info(p: Path) -> ModelInfo:
     from birdstack.config import Config, from_dict
+    from birdstack.data.prepare import read_manifest
     from birdstack.inference.export import scientific_names_from_checkpoint
     from birdstack.training.checkpoint import (
         build_model_from_checkpoint,
@@ -102,11 +104,8 @@ def _checkpoint_info(p: Path) -> ModelInfo:
     n_val = None
     manifest = run_manifest(p)
     if manifest is not None:
-        import pandas as pd
-
-        m = pd.read_csv(manifest, dtype={"split": str})
-        kept = ~m["dropped"].astype(str).str.lower().isin(("true", "1"))
-        n_val = int((kept & (m["split"] == "val")).sum())
+        with contextlib.suppress(BadInputError):  # no validation rows: say nothing
+            n_val = len(read_manifest(manifest, "val"))
     return ModelInfo(
         path=str(p),
         kind="checkpoint",

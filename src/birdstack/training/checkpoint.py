@@ -122,14 +122,12 @@ def run_manifest(checkpoint: str | os.PathLike[str]) -> Path | None:
 def training_rows(checkpoint: str | os.PathLike[str]) -> Any:
     """The kept ``train`` rows of the checkpoint's run manifest (a DataFrame), or ``None``
     for a checkpoint moved out of its run."""
-    import pandas as pd
+    from birdstack.data.prepare import read_manifest
 
     manifest = run_manifest(checkpoint)
     if manifest is None:
         return None
-    m = pd.read_csv(manifest, dtype={"split": str, "session": str})
-    dropped = m["dropped"].astype(str).str.lower().isin(("true", "1"))
-    return m[~dropped & (m["split"] == "train")]
+    return read_manifest(manifest, "train", {"session": str})
 
 
 def trained_on(
