@@ -240,6 +240,12 @@ def test_head_trains_and_checkpoint_carries_the_backbone(trained) -> None:
     assert meta["backbone"]["version"] == "2.4" and "CC BY-NC-SA" in meta["backbone"]["credit"]
     assert len(meta["birdnet_map"]["indices"]) == len(meta["classes"])
     assert meta["model"]["args"]["class_map"] == meta["birdnet_map"]["indices"]
+    # `birdstack info` names the backbone, its hash and its licence
+    from birdstack.inference.model_info import info_lines, model_info
+
+    rows = dict(info_lines(model_info(trained.best_checkpoint)))
+    assert "BirdNET features" in rows["model"] and rows["front end"].startswith("BirdNET V2.4")
+    assert sha[:16] in rows["backbone"] and "CC BY-NC-SA" in rows[""]  # the credit line
 
 
 def test_predict_from_audio_and_windows(trained, demo_files: list[Path]) -> None:

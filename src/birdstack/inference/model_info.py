@@ -215,6 +215,10 @@ def info_lines(info: ModelInfo) -> list[tuple[str, str]]:
     """``(field, text)`` rows for the console."""
     rows = []
     shape = " x ".join(str(n) for n in info.input_shape)
+    if info.preprocessing.is_birdnet:
+        from birdstack.features.birdnet import EMBED_DIM, N_SPECIES
+
+        shape += f" BirdNET features ({EMBED_DIM}-d embedding + {N_SPECIES} species logits)"
     params = f", {info.parameters:,} parameters" if info.parameters is not None else ""
     rows.append(("model", f"{info.model}{params}, input {shape}"))
     rows.append(("front end", describe_frontend(info.preprocessing)))
