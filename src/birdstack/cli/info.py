@@ -1,8 +1,8 @@
 """``birdstack info`` (wired in by :mod:`birdstack.cli.main`): what a model file is.
 
-birdstack info RUN/checkpoints/best.ckpt            # model, audio, data, recipe, figures
-birdstack info model.onnx --classes > species.txt   # one label per line (--species-list)
-birdstack info RUN/checkpoints/best.ckpt --json     # everything, for scripts
+    birdstack info RUN/checkpoints/best.ckpt            # model, audio, data, recipe, figures
+    birdstack info model.onnx --classes > species.txt   # one label per line (--species-list)
+    birdstack info RUN/checkpoints/best.ckpt --json     # everything, for scripts
 """
 
 from __future__ import annotations
