@@ -3,6 +3,8 @@
     birdstack info RUN/checkpoints/best.ckpt            # model, audio, data, recipe, figures
     birdstack info model.onnx --classes > species.txt   # one label per line (--species-list)
     birdstack info RUN/checkpoints/best.ckpt --json     # everything, for scripts
+
+It reads the one file (safely, as every command does) and no audio.
 """
 
 from __future__ import annotations
