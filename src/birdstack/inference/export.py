@@ -194,4 +194,5 @@ def parse_onnx_metadata(props: dict[str, str], path: str | os.PathLike[str]) -> 
         "backbone": json.loads(props.get("birdstack.backbone", "{}")),
         "birdnet_map": json.loads(props.get("birdstack.birdnet_map", "{}")),
         "thresholds": json.loads(props.get("birdstack.thresholds", "null")),
+        "source": props.get("birdstack.source"),  # the checkpoint it was exported from
     }

@@ -143,7 +143,6 @@ def _onnx_info(p: Path) -> ModelInfo:
         raise BadInputError(
             p, f"reading an ONNX export needs the onnx extra: pip install 'birdstack[onnx]' ({e})"
         ) from None
-    props = _onnx_props(p)
     thresholds = meta.get("thresholds")
     return ModelInfo(
         path=str(p),
@@ -155,15 +154,8 @@ def _onnx_info(p: Path) -> ModelInfo:
         scientific_names=dict(meta.get("scientific_names") or {}),
         thresholds=[float(t) for t in thresholds] if thresholds else None,
         backbone=meta.get("backbone") or None,
-        source=props.get("birdstack.source"),
+        source=meta.get("source"),
     )
-
-
-def _onnx_props(p: Path) -> dict[str, str]:
-    import onnx
-
-    model = onnx.load(str(p), load_external_data=False)
-    return {m.key: m.value for m in model.metadata_props}
 
 
 # ----------------------------------------------------------------------------- text
